@@ -1,0 +1,16 @@
+"""minidiff: the machinery behind the diffusion course.
+
+``import minidiff`` is fast and imports no numba: compiled kernels load on first use through
+:mod:`minidiff.backend`, the one dispatch point into :mod:`minidiff.kernels`.
+"""
+from .schedule import Schedule, append_dims
+from .forward import q_sample, q_posterior
+from .data import GaussianMixture, load_digits, make_2d
+from .backend import get_backend, set_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Schedule", "append_dims", "q_sample", "q_posterior", "GaussianMixture", "load_digits", "make_2d",
+    "get_backend", "set_backend", "use_backend", "__version__",
+]

@@ -1,0 +1,209 @@
+"""Discrete noise schedules.
+
+One noise coordinate per name, its unit in the name:
+
+* ``t_index`` -- integer step, ``0 .. T-1``. ``x`` at ``t_index = i`` has been noised ``i + 1`` times,
+  so ``alpha_bar[0] = 1 - betas[0]`` (DDPM's ``t = 1``) and ``alpha_bar[T-1]`` is the prior end.
+* ``t`` -- continuous time in ``(0, 1]`` used only by :mod:`minidiff.sde`; ``t = (t_index + 1) / T``.
+* ``alpha_bar`` -- the signal fraction ``prod_{s<=i} (1 - beta_s)``: ``x_t = sqrt(alpha_bar) x_0 + sqrt(1-alpha_bar) eps``.
+* ``sigma`` -- the variance-exploding noise level of the same marginal after rescaling,
+  ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` (Karras et al. 2022, eq. 5 / Song et al. 2021, App. B).
+
+Everything is computed in float64 and cast to the data's dtype and device at use (:meth:`Schedule.at`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Schedule", "append_dims"]
+
+
+def append_dims(v, ndim: int):
+    """Append trailing singleton axes to ``v`` (shape ``(B,)``) until it has ``ndim`` dimensions."""
+    missing = ndim - v.ndim
+    if missing < 0:
+        raise ValueError(f"append_dims: input has {v.ndim} dims, more than the target {ndim}")
+    return v[(...,) + (None,) * missing]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """An immutable discrete noise schedule (Ho et al. 2020, Sec. 2).
+
+    Build it with a named constructor: :meth:`linear`, :meth:`cosine`, :meth:`sigmoid` or
+    :meth:`from_betas`. All tables are read-only float64 numpy arrays of length ``T``.
+    """
+
+    betas: np.ndarray
+    name: str = "custom"
+    alphas: np.ndarray = field(init=False, repr=False)
+    alpha_bar: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        betas = np.asarray(self.betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 1:
+            raise ValueError(f"betas must be a 1-D array with T >= 1 entries, got shape {betas.shape}")
+        if not np.all(np.isfinite(betas)) or np.any(betas <= 0.0) or np.any(betas >= 1.0):
+            bad = betas[~((betas > 0) & (betas < 1))]
+            raise ValueError(f"betas must lie in the open interval (0, 1); found {bad[:3].tolist()}")
+        alphas = 1.0 - betas
+        alpha_bar = np.cumprod(alphas)
+        if np.any(np.diff(alpha_bar) >= 0):
+            raise ValueError("alpha_bar must be strictly decreasing (every beta > 0)")
+        object.__setattr__(self, "betas", _readonly(betas))
+        object.__setattr__(self, "alphas", _readonly(alphas))
+        object.__setattr__(self, "alpha_bar", _readonly(alpha_bar))
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_betas(cls, betas, name: str = "custom") -> "Schedule":
+        return cls(np.asarray(betas, dtype=np.float64), name=name)
+
+    @classmethod
+    def from_alpha_bar(cls, alpha_bar, name: str = "custom", max_beta: float = 0.999) -> "Schedule":
+        """Betas from a target ``alpha_bar`` curve, ``beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}``,
+        clipped to ``max_beta`` (Nichol & Dhariwal 2021, Sec. 3.2)."""
+        ab = np.asarray(alpha_bar, dtype=np.float64)
+        prev = np.concatenate([[1.0], ab[:-1]])
+        return cls(np.clip(1.0 - ab / prev, 1e-8, max_beta), name=name)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        """Linear betas (Ho et al. 2020, Sec. 4), rescaled so any ``T`` reaches the same ``alpha_bar_T``
+        as ``T = 1000`` does (betas times ``1000 / T``, as in Nichol & Dhariwal 2021)."""
+        T = _check_T(T)
+        scale = 1000.0 / T
+        return cls(np.linspace(beta_start * scale, min(beta_end * scale, 0.999), T), name="linear")
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+        """Cosine schedule (Nichol & Dhariwal 2021, eq. 17):
+        ``alpha_bar(t) = f(t)/f(0)``, ``f(t) = cos(((t/T + s)/(1 + s)) * pi/2)^2``."""
+        T = _check_T(T)
+        f = lambda u: np.cos((u + s) / (1.0 + s) * math.pi / 2) ** 2  # noqa: E731
+        u = np.arange(1, T + 1, dtype=np.float64) / T
+        return cls.from_alpha_bar(f(u) / f(0.0), name="cosine", max_beta=max_beta)
+
+    @classmethod
+    def sigmoid(cls, T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
+                max_beta: float = 0.999) -> "Schedule":
+        """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Alg. 1):
+        ``alpha_bar(t) = (s(end/tau) - s((t(end-start)+start)/tau)) / (s(end/tau) - s(start/tau))``."""
+        T = _check_T(T)
+        sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+        u = np.arange(0, T + 1, dtype=np.float64) / T
+        v_start, v_end = sig(start / tau), sig(end / tau)
+        ab = (v_end - sig((u * (end - start) + start) / tau)) / (v_end - v_start)
+        ab = ab[1:] / ab[0]
+        return cls.from_alpha_bar(ab, name="sigmoid", max_beta=max_beta)
+
+    # ---------------------------------------------------------------- derived tables
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    @property
+    def alpha_bar_prev(self) -> np.ndarray:
+        """``alpha_bar`` one step earlier; ``1`` before the first step."""
+        return _readonly(np.concatenate([[1.0], self.alpha_bar[:-1]]))
+
+    @property
+    def sqrt_alpha_bar(self) -> np.ndarray:
+        return _readonly(np.sqrt(self.alpha_bar))
+
+    @property
+    def sqrt_one_minus_alpha_bar(self) -> np.ndarray:
+        return _readonly(np.sqrt(1.0 - self.alpha_bar))
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """VE-equivalent noise level ``sqrt((1 - alpha_bar) / alpha_bar)``."""
+        return _readonly(np.sqrt((1.0 - self.alpha_bar) / self.alpha_bar))
+
+    @property
+    def snr(self) -> np.ndarray:
+        """Signal-to-noise ratio ``alpha_bar / (1 - alpha_bar)`` (Kingma et al. 2021)."""
+        return _readonly(self.alpha_bar / (1.0 - self.alpha_bar))
+
+    @property
+    def posterior_variance(self) -> np.ndarray:
+        """``beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t`` (Ho et al. 2020, eq. 7)."""
+        return _readonly((1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar) * self.betas)
+
+    # ---------------------------------------------------------------- coordinates
+    def check_t_index(self, t_index, name: str = "t_index"):
+        """Raise ``IndexError`` unless every entry of ``t_index`` is an integer in ``[0, T)``."""
+        arr = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{name} must hold integers in [0, {self.T}), got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.T):
+            raise IndexError(f"{name} must lie in [0, {self.T - 1}] for this T={self.T} schedule; "
+                             f"got values in [{arr.min()}, {arr.max()}]")
+        return arr
+
+    def t_index_to_t(self, t_index):
+        """Continuous time ``t = (t_index + 1) / T`` in ``(0, 1]``."""
+        return (np.asarray(self.check_t_index(t_index), dtype=np.float64) + 1.0) / self.T
+
+    def t_to_t_index(self, t):
+        """Nearest ``t_index`` for continuous ``t`` in ``(0, 1]``."""
+        t = np.asarray(t, dtype=np.float64)
+        if np.any((t <= 0) | (t > 1)):
+            raise ValueError("t must lie in (0, 1]")
+        return np.clip(np.rint(t * self.T - 1.0), 0, self.T - 1).astype(np.int64)
+
+    def alpha_bar_to_t_index(self, alpha_bar):
+        """The ``t_index`` whose ``alpha_bar`` is nearest (in log-SNR) to the given value."""
+        ab = np.asarray(alpha_bar, dtype=np.float64)
+        if np.any((ab <= 0) | (ab >= 1)):
+            raise ValueError("alpha_bar must lie in (0, 1)")
+        log_snr = np.log(self.snr)
+        target = np.log(ab / (1.0 - ab))
+        return np.abs(log_snr[None, :] - target.reshape(-1, 1)).argmin(axis=1).reshape(ab.shape)
+
+    def sigma_to_t_index(self, sigma):
+        """The ``t_index`` whose VE-equivalent ``sigma`` is nearest (in log-SNR) to the given value."""
+        s = np.asarray(sigma, dtype=np.float64)
+        if np.any(s <= 0):
+            raise ValueError("sigma must be positive")
+        return self.alpha_bar_to_t_index(1.0 / (1.0 + s * s))
+
+    def timesteps(self, n: int) -> np.ndarray:
+        """``n`` unique, descending ``t_index`` values from ``T-1`` towards ``0`` for n-step sampling
+        (evenly spaced, "trailing" spacing of Lin et al. 2024, Table 2, so sampling starts at ``T-1``)."""
+        if not isinstance(n, (int, np.integer)) or n < 1 or n > self.T:
+            raise ValueError(f"n must be an integer in [1, T={self.T}], got {n!r}")
+        steps = np.round(np.arange(self.T, 0, -self.T / n)).astype(np.int64) - 1
+        steps = np.unique(np.clip(steps, 0, self.T - 1))[::-1]
+        assert steps.size == n and steps[0] == self.T - 1
+        return steps
+
+    # ---------------------------------------------------------------- use with data
+    def at(self, table: str, t_index, like):
+        """Table entries at ``t_index`` (int or ``(B,)``), as a torch tensor with ``like``'s dtype and
+        device, shaped to broadcast against ``like``: ``(B, 1, ..., 1)``."""
+        import torch
+
+        values = getattr(self, table)
+        idx = self.check_t_index(t_index)
+        out = torch.as_tensor(np.asarray(values[idx]), dtype=like.dtype, device=like.device)
+        return append_dims(out, like.ndim) if out.ndim else out
+
+    def __repr__(self) -> str:
+        return (f"Schedule(name={self.name!r}, T={self.T}, beta=[{self.betas[0]:.3g}..{self.betas[-1]:.3g}], "
+                f"alpha_bar_T={self.alpha_bar[-1]:.3g})")
+
+
+def _check_T(T) -> int:
+    if not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    return int(T)
