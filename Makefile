@@ -1,0 +1,77 @@
+# minidiff: the two commands a new user runs are `make lab` and `make test` (see README.md).
+#
+# Environment: if a virtual or conda environment is active we install into it; otherwise we
+# create .venv here with the Python 3.11 found on PATH.
+
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= python3
+
+ifneq ($(strip $(VIRTUAL_ENV)$(CONDA_PREFIX)),)
+  PY := python
+  ENV_DEP :=
+else
+  PY := .venv/bin/python
+  ENV_DEP := .venv/bin/python
+endif
+
+# Notebooks under nbval: lax mode (compare only # NBVAL_CHECK_OUTPUT cells), the current
+# environment's kernel, one sanitize file, an explicit cell timeout, and whole notebooks per worker.
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+               --nbval-cell-timeout=600 -p no:cacheprovider
+NB_WORKERS ?= 2
+# Two notebooks side by side on 2 cores: one thread each.
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+CORES := $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install lab test test-unit test-cudasim test-notebooks course site bench clean help
+
+help:
+	@echo "make lab     - set everything up and open the course in JupyterLab"
+	@echo "make test    - install if needed, then run every test (unit, CUDA simulator, notebooks, browser)"
+	@echo "make course  - execute every notebook in full mode, write outputs back, render site/"
+	@echo "make install - the install step the others share"
+	@echo "make bench   - kernel benchmark (kernels/BENCHMARKS.md records its figures)"
+
+# The install is redone when the dependency files change (a stamp inside the environment).
+install: $(ENV_DEP)
+	@stamp="$$($(PY) -c 'import sys; print(sys.prefix)')/.minidiff-installed"; \
+	if [ ! -f "$$stamp" ] || [ pyproject.toml -nt "$$stamp" ] || [ constraints.txt -nt "$$stamp" ]; then \
+	  set -e; \
+	  $(PY) -m pip install --upgrade pip >/dev/null; \
+	  echo "installing minidiff and its dependencies (torch pinned by constraints.txt)"; \
+	  $(PY) -m pip install -c constraints.txt -e ".[test]"; \
+	  touch "$$stamp"; \
+	else echo "minidiff already installed in $$($(PY) -c 'import sys; print(sys.prefix)')"; fi
+
+.venv/bin/python:
+	$(PYTHON_BOOTSTRAP) -m venv .venv
+
+lab: install
+	$(PY) -m jupyter lab notebooks/
+
+test: install
+	@$(MAKE) --no-print-directory test-unit test-cudasim test-notebooks
+
+test-unit: install
+	NUMBA_NUM_THREADS=$(CORES) $(PY) -m pytest tests -q
+
+test-cudasim: install
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cudasim -q -p no:cacheprovider
+
+test-notebooks: install
+	MINIDIFF_FAST=1 $(ONE_THREAD) $(PY) -m pytest $(NBVAL_FLAGS) -n $(NB_WORKERS) --dist loadscope notebooks/
+
+course: install
+	MINIDIFF_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 notebooks/[0-9]*.ipynb
+	$(MAKE) --no-print-directory site
+
+site: install
+	$(PY) scripts/render_course.py notebooks site
+
+bench: install
+	$(PY) -m minidiff.kernels.bench
+
+clean:
+	rm -rf site test-output .pytest_cache build *.egg-info
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
