@@ -6,15 +6,22 @@ fused Numba kernels for CPU, or CUDA for CUDA tensors) or ``"torch"`` (a plain t
 mirrors the formula in eager ops). :func:`use_backend` changes the default in a ``with`` block.
 
 Noise: pass ``noise=`` (a tensor shaped like ``x``) or ``seed=`` (an int) with a ``step`` counter.
-With a seed, noise is a pure function of ``(seed, sample, element, step)`` (counter-based Philox);
-both backends draw the same numbers.
+With a seed, noise is a pure function of ``(seed, sample, element, step)`` (counter-based
+Philox4x32-10, Salmon et al. 2011): :func:`normal` draws exactly the numbers the kernels draw
+in-kernel, so both backends see the same noise.
 
-Nothing here imports numba at module import time; kernels compile on first use.
+Arrays are viewed as ``(B, n)``: batch first, the other axes flattened (the stencils keep their last
+one or two axes as space). float32 and float64 are supported; inputs are validated before any kernel
+runs and errors name the offending argument. The numba backend does not track gradients.
+
+Nothing here imports numba at module import time; kernels compile on first use and are cached on
+disk (see ``minidiff/kernels/_cache.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import operator
 
 import numpy as np
 import torch
@@ -23,9 +30,14 @@ __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "normal",
     "q_sample", "ddpm_step", "ddim_step", "langevin_step", "reverse_sde_step",
     "pf_ode_euler_step", "pf_ode_heun_step", "ftcs_step_1d", "ftcs_step_2d", "walker_step",
+    "BOUNDARY_CONDITIONS", "ftcs_ratio",
 ]
 
 BACKENDS = ("numba", "torch")
+BOUNDARY_CONDITIONS = ("periodic", "dirichlet", "neumann")  # neumann = zero flux
+_BC_CODE = {"periodic": 0, "dirichlet": 1, "neumann": 2, "zero_flux": 2}
+_NOISE_NONE, _NOISE_GIVEN, _NOISE_PHILOX = 0, 1, 2  # = minidiff.kernels.formulas.NOISE_*
+_DTYPES = (torch.float32, torch.float64)
 _default = "numba"
 
 
@@ -57,51 +69,244 @@ def _resolve(backend: str | None) -> str:
     return name
 
 
-# ---------------------------------------------------------------------------- noise
+# ============================================================================ validation
+def _as_tensor(x, name: str) -> torch.Tensor:
+    """A torch view of ``x`` (zero-copy for numpy), checked to be float32/float64 with >= 1 dim."""
+    if isinstance(x, np.ndarray):
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension first, got a 0-d array")
+    return x.detach()
+
+
+def _like(x: torch.Tensor, other, name: str) -> torch.Tensor:
+    """``other`` as a tensor with ``x``'s shape, dtype and device, else an error naming ``name``."""
+    t = _as_tensor(other, name)
+    if t.shape != x.shape:
+        raise ValueError(f"{name} must have shape {tuple(x.shape)} like x, got {tuple(t.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} must have dtype {x.dtype} like x, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
+    return t
+
+
+def _check_step(seed, step):
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not isinstance(step, (int, np.integer)) or not 0 <= int(step) < 2**32:
+        raise ValueError(f"step must be an int in [0, 2**32), got {step!r}")
+
+
+def _noise_source(x, noise, seed, step, needed: bool):
+    """``(mode, noise tensor or None, seed)`` after validating ``noise`` / ``seed`` / ``step``."""
+    _check_step(seed, step)
+    if not needed:
+        return _NOISE_NONE, None, seed
+    if noise is not None:
+        return _NOISE_GIVEN, _like(x, noise, "noise"), seed
+    if seed is None:
+        raise ValueError("pass either noise= (a tensor shaped like x) or seed= (an int)")
+    return _NOISE_PHILOX, None, int(seed)
+
+
+def _t_scalar(t_index, schedule, name="t_index", low=0) -> int:
+    try:
+        t = operator.index(t_index)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(t_index).__name__}") from None
+    if not low <= t < schedule.T:
+        raise IndexError(f"{name} must lie in [{low}, {schedule.T - 1}] for this T={schedule.T} "
+                         f"schedule, got {t}")
+    return t
+
+
+def _t_vector(t_index, B: int, schedule) -> np.ndarray:
+    """Per-sample ``t_index`` as a ``(B,)`` int64 array, checked against the schedule."""
+    arr = schedule.check_t_index(t_index, "t_index")
+    arr = np.asarray(arr, dtype=np.int64).reshape(-1)
+    if arr.size == 1:
+        arr = np.full(B, arr[0], dtype=np.int64)
+    if arr.size != B:
+        raise ValueError(f"t_index must be a scalar or have one entry per sample: expected {B}, got {arr.size}")
+    return np.ascontiguousarray(arr)
+
+
+def ftcs_ratio(D: float, dt: float, dx: float) -> float:
+    """The FTCS mesh ratio ``r = D dt / dx^2``."""
+    if not dx > 0:
+        raise ValueError(f"dx must be > 0, got {dx}")
+    if not (D >= 0 and dt >= 0):
+        raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
+    return float(D) * float(dt) / float(dx) ** 2
+
+
+def _check_stencil(D, dt, dx, bc, bound, allow_unstable) -> float:
+    if bc not in _BC_CODE:
+        raise ValueError(f"bc must be one of {BOUNDARY_CONDITIONS}, got {bc!r}")
+    r = ftcs_ratio(D, dt, dx)
+    if r > bound and not allow_unstable:
+        raise ValueError(f"FTCS is unstable: r = D dt / dx^2 = {r:.4g} exceeds the bound {bound:g}; "
+                         f"reduce dt, or pass allow_unstable=True to watch it blow up")
+    return r
+
+
+# ============================================================================ running kernels
+def _unwrap(out, numpy_in: bool):
+    if isinstance(out, tuple):
+        return tuple(_unwrap(o, numpy_in) for o in out)
+    return out.numpy() if numpy_in else out
+
+
+def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
+    """A contiguous view ``(B, n)`` (or ``(B, *space)`` for the stencils)."""
+    t = t.contiguous()
+    if space_dims == 0:
+        return t.reshape(t.shape[0], -1)
+    return t.reshape((-1,) + tuple(t.shape[t.ndim - space_dims:]))
+
+
+def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0):
+    """Run kernel ``name`` (CPU or CUDA after ``like``'s device); tensor args are viewed by :func:`_rows`,
+    numpy args (index tables) are passed as they are (copied to the GPU for CUDA)."""
+    if like.device.type == "cuda":
+        kc = _cuda_kernels()
+        dev = [_rows(a, space_dims) if isinstance(a, torch.Tensor)
+               else torch.as_tensor(np.array(a), device=like.device) if isinstance(a, np.ndarray) else a
+               for a in args]
+        work = like.numel()
+        with torch.cuda.device(like.device):
+            kc.launch_on_stream(getattr(kc, name), work, dev, torch.cuda.current_stream(like.device).cuda_stream)
+        return
+    if like.device.type != "cpu":
+        raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
+    host = [_rows(a, space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
+    getattr(_cpu_kernels(), name)(*host)
+
+
+def _cpu_kernels():
+    from minidiff.kernels import cpu
+
+    return cpu
+
+
+def _cuda_kernels():
+    """``minidiff.kernels.cuda``, or a RuntimeError saying what is missing."""
+    try:
+        from minidiff.kernels import cuda as kc
+    except ImportError as e:  # numba built without CUDA support
+        raise RuntimeError("CUDA needs NVIDIA's numba-cuda: pip install -e '.[cuda12]' (or cuda13)") from e
+    if not kc.is_available():
+        raise RuntimeError("CUDA was requested but numba sees no CUDA GPU (or no driver); "
+                           "use CPU tensors, or install numba-cuda with a matching driver")
+    return kc
+
+
+def _seed_args(seed, step):
+    from minidiff.kernels.formulas import seed_key
+
+    k0, k1 = seed_key(0 if seed is None else seed)
+    return [k0, k1, int(step)]
+
+
+# ============================================================================ noise
 def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """Standard normals shaped ``(B, ...)``: element ``(b, i)`` is a pure function of
-    ``(seed, b, i, step)``. TODO(kernels): Philox4x32-10 via minidiff.kernels."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    """Standard normals shaped ``(B, ...)``: element ``(b, i)`` (``i`` the flat index within
+    sample ``b``) is a pure function of ``(seed, b, i, step)``: Philox4x32-10 (Salmon et al. 2011)
+    on the counter ``(i // 4, b, step, 0)`` keyed by the seed, then Box-Muller in float64 rounded
+    once to ``dtype``. The same numbers the kernels draw in-kernel for ``seed=`` calls."""
+    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    if len(shape) < 1:
+        raise ValueError("shape must have a batch dimension first")
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    _check_step(seed, step)
+    device = torch.device(device)
+    if device.type == "cuda":
+        _cuda_kernels()
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if out.numel():
+        _launch("normal_fill", out, [out] + _seed_args(seed, step))
+    return out
 
 
 def _noise(x, noise, seed, step):
+    """The torch path's noise: the given tensor, or :func:`normal` for ``seed``."""
     if noise is not None:
-        if noise.shape != x.shape:
-            raise ValueError(f"noise must have shape {tuple(x.shape)}, got {tuple(noise.shape)}")
         return noise
-    if seed is None:
-        raise ValueError("pass either noise= (a tensor) or seed= (an int)")
     return normal(x.shape, seed, step, dtype=x.dtype, device=x.device)
 
 
-# ---------------------------------------------------------------------------- diffusion updates
+# ============================================================================ diffusion updates
 def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, backend=None):
-    """``x_t = sqrt(ab[t_index]) x0 + sqrt(1-ab[t_index]) eps`` with per-sample ``t_index`` (B,) int64.
-    ``noise`` may be a tensor, or an int used as ``seed``."""
+    """``x_t = sqrt(ab[t_index]) x0 + sqrt(1-ab[t_index]) eps`` with per-sample ``t_index`` (B,) int64
+    (Ho et al. 2020, eq. 4). ``noise`` may be a tensor, or an int used as ``seed``."""
     if isinstance(noise, (int, np.integer)):
         noise, seed = None, int(noise)
-    _resolve(backend)
-    eps = _noise(x0, noise, seed, step)
-    a = schedule.at("sqrt_alpha_bar", t_index, x0)
-    b = schedule.at("sqrt_one_minus_alpha_bar", t_index, x0)
-    return a * x0 + b * eps
+    name, numpy_in, x0 = _resolve(backend), isinstance(x0, np.ndarray), _as_tensor(x0, "x0")
+    t = _t_vector(t_index, x0.shape[0], schedule)
+    mode, noise, seed = _noise_source(x0, noise, seed, step, needed=True)
+    if name == "torch":
+        eps = _noise(x0, noise, seed, step)
+        a = schedule.at("sqrt_alpha_bar", t, x0)
+        b = schedule.at("sqrt_one_minus_alpha_bar", t, x0)
+        return _unwrap(a * x0 + b * eps, numpy_in)
+    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    if out.numel():
+        _launch("q_sample", x0, [x0, x0 if noise is None else noise, t, schedule.sqrt_alpha_bar,
+                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [out])
+    return _unwrap(out, numpy_in)
+
+
+def _clip_value(clip_x0) -> float:
+    if clip_x0 is None:
+        return math.inf
+    c = float(clip_x0)
+    if not c > 0:
+        raise ValueError(f"clip_x0 must be > 0 (or None), got {clip_x0}")
+    return c
 
 
 def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, clip_x0=None,
               backend=None):
     """One ancestral step (Ho et al. 2020, Alg. 2, in posterior-mean form eq. 7).
     Returns ``(x_prev, x0_hat)``. At ``t_index == 0`` no noise is added."""
-    _resolve(backend)
-    ab = float(schedule.alpha_bar[t_index])
+    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
+    eps = _like(x, eps, "eps")
+    t = _t_scalar(t_index, schedule)
+    c = _clip_value(clip_x0)
+    mode, noise, seed = _noise_source(x, noise, seed, step, needed=t > 0)
+    if name == "torch":
+        return _unwrap(_ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0), numpy_in)
+    from minidiff.kernels.formulas import ddpm_coefficients
+
+    coefs = ddpm_coefficients(schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.betas[t],
+                              schedule.alphas[t], schedule.posterior_variance[t], add_noise=t > 0)
+    out, x0 = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        x, memory_format=torch.contiguous_format)
+    if x.numel():
+        sa, s1, cx0, cx, std = coefs
+        _launch("ddpm", x, [x, eps, x if noise is None else noise, sa, s1, c, cx0, cx, std, mode]
+                + _seed_args(seed, step) + [out, x0])
+    return _unwrap((out, x0), numpy_in)
+
+
+def _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0):
+    ab = float(schedule.alpha_bar[t])
     x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
-    ab_prev, beta, alpha = float(schedule.alpha_bar_prev[t_index]), float(schedule.betas[t_index]), float(schedule.alphas[t_index])
+    ab_prev, beta, alpha = float(schedule.alpha_bar_prev[t]), float(schedule.betas[t]), float(schedule.alphas[t])
     mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab)) * x
-    if t_index == 0:
+    if t == 0:
         return mean, x0
-    std = math.sqrt(float(schedule.posterior_variance[t_index]))
+    std = math.sqrt(float(schedule.posterior_variance[t]))
     return mean + std * _noise(x, noise, seed, step), x0
 
 
@@ -109,9 +314,32 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
               step=0, clip_x0=None, backend=None):
     """One DDIM step from ``t_index`` to ``t_index_prev`` (``-1`` = to data) (Song et al. 2021a, eq. 12).
     Returns ``(x_prev, x0_hat)``."""
-    _resolve(backend)
-    ab = float(schedule.alpha_bar[t_index])
-    ab_prev = 1.0 if t_index_prev < 0 else float(schedule.alpha_bar[t_index_prev])
+    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
+    eps = _like(x, eps, "eps")
+    t = _t_scalar(t_index, schedule)
+    tp = _t_scalar(t_index_prev, schedule, "t_index_prev", low=-1)
+    if not tp < t:
+        raise ValueError(f"t_index_prev must be < t_index, got {tp} >= {t}")
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    from minidiff.kernels.formulas import ddim_coefficients
+
+    ab_prev = 1.0 if tp < 0 else float(schedule.alpha_bar[tp])
+    sa, s1, sap, cdir, sigma = ddim_coefficients(schedule.alpha_bar[t], ab_prev, eta)
+    c = _clip_value(clip_x0)
+    mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
+    if name == "torch":
+        return _unwrap(_ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0), numpy_in)
+    out, x0 = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        x, memory_format=torch.contiguous_format)
+    if x.numel():
+        _launch("ddim", x, [x, eps, x if noise is None else noise, sa, s1, c, clip_x0 is not None, sap, cdir,
+                            sigma, mode] + _seed_args(seed, step) + [out, x0])
+    return _unwrap((out, x0), numpy_in)
+
+
+def _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0):
+    ab = float(schedule.alpha_bar[t])
     x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
@@ -123,10 +351,28 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
     return out, x0
 
 
+def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend):
+    """Shared driver of the Euler-Maruyama-shaped updates ``cx x + cs score + cz z``."""
+    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
+    score = x if score is None else _like(x, score, "score")
+    mode, noise, seed = _noise_source(x, noise, seed, step, needed=needed)
+    if name == "torch":
+        z = _noise(x, noise, seed, step) if needed else None
+        return _unwrap(torch_fn(x, score, z), numpy_in)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel():
+        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [out])
+    return _unwrap(out, numpy_in)
+
+
 def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, backend=None):
     """``x + (step_size/2) score + sqrt(step_size) z`` (Song & Ermon 2019, Alg. 1)."""
-    _resolve(backend)
-    return x + 0.5 * step_size * score + math.sqrt(step_size) * _noise(x, noise, seed, step)
+    from minidiff.kernels.formulas import langevin_coefficients
+
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
+    return _em(x, score, langevin_coefficients(step_size), noise, seed, step, True,
+               lambda x, s, z: x + 0.5 * step_size * s + math.sqrt(step_size) * z, backend)
 
 
 def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float, noise=None,
@@ -134,48 +380,108 @@ def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float
     """Euler-Maruyama step of the reverse SDE ``dx = [f - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
     (Anderson 1982; Song et al. 2021b, eq. 6), with linear drift ``f(x, t) = drift_coef * x``:
     ``x - (drift_coef x - g^2 score) dt + g sqrt(dt) z``."""
-    _resolve(backend)
-    z = _noise(x, noise, seed, step)
-    return x - (drift_coef * x - diffusion**2 * score) * dt + diffusion * math.sqrt(dt) * z
+    from minidiff.kernels.formulas import reverse_sde_coefficients
+
+    if not dt >= 0:
+        raise ValueError(f"dt must be >= 0, got {dt}")
+    return _em(x, score, reverse_sde_coefficients(drift_coef, diffusion, dt), noise, seed, step, True,
+               lambda x, s, z: x - (drift_coef * x - diffusion**2 * s) * dt + diffusion * math.sqrt(dt) * z,
+               backend)
 
 
 def pf_ode_euler_step(x, score, *, drift_coef: float, diffusion: float, dt: float, backend=None):
     """Euler step of the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from ``t`` to ``t - dt``
     (Song et al. 2021b, eq. 13)."""
-    _resolve(backend)
-    return x - (drift_coef * x - 0.5 * diffusion**2 * score) * dt
+    from minidiff.kernels.formulas import pf_ode_euler_coefficients
+
+    return _em(x, score, pf_ode_euler_coefficients(drift_coef, diffusion, dt), None, None, 0, False,
+               lambda x, s, z: x - (drift_coef * x - 0.5 * diffusion**2 * s) * dt, backend)
 
 
 def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffusion: float,
                      drift_coef_next: float, diffusion_next: float, dt: float, backend=None):
     """Heun (trapezoidal) correction for the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 9-11):
     ``x - dt/2 (d(x, t) + d(x_euler, t - dt))`` with ``d = f - g^2 score / 2``."""
-    _resolve(backend)
-    d1 = drift_coef * x - 0.5 * diffusion**2 * score
-    d2 = drift_coef_next * x_euler - 0.5 * diffusion_next**2 * score_euler
-    return x - 0.5 * dt * (d1 + d2)
+    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
+    score, x_euler = _like(x, score, "score"), _like(x, x_euler, "x_euler")
+    score_euler = _like(x, score_euler, "score_euler")
+    if name == "torch":
+        d1 = drift_coef * x - 0.5 * diffusion**2 * score
+        d2 = drift_coef_next * x_euler - 0.5 * diffusion_next**2 * score_euler
+        return _unwrap(x - 0.5 * dt * (d1 + d2), numpy_in)
+    from minidiff.kernels.formulas import heun_coefficients
+
+    coefs = heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel():
+        _launch("heun", x, [x, score, x_euler, score_euler, *coefs, out])
+    return _unwrap(out, numpy_in)
 
 
-# ---------------------------------------------------------------------------- physics
-def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", backend=None):
-    """Explicit (FTCS) step of ``u_t = D u_xx``: ``u + r (u_{i-1} - 2 u_i + u_{i+1})``, ``r = D dt/dx^2``.
-    Stable only for ``r <= 1/2``. ``u``: ``(B, N)``. TODO(kernels): stability check, bc, numba kernel."""
-    _resolve(backend)
-    r = D * dt / dx**2
-    return u + r * (torch.roll(u, 1, -1) - 2 * u + torch.roll(u, -1, -1))
+# ============================================================================ physics
+def _neighbours(u, dim: int, bc: str):
+    """``(u[i-1], u[i+1])`` along ``dim`` with periodic wrap or zero-flux ghost cells."""
+    n = u.shape[dim]
+    first, last = u.narrow(dim, 0, 1), u.narrow(dim, n - 1, 1)
+    ghost_lo, ghost_hi = (last, first) if bc == "periodic" else (first, last)
+    left = torch.cat([ghost_lo, u.narrow(dim, 0, n - 1)], dim)
+    right = torch.cat([u.narrow(dim, 1, n - 1), ghost_hi], dim)
+    return left, right
 
 
-def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", backend=None):
-    """Explicit 5-point step of ``u_t = D (u_xx + u_yy)``, stable for ``D dt/dx^2 <= 1/4``. ``u``: ``(B, H, W)``."""
-    _resolve(backend)
-    r = D * dt / dx**2
-    lap = torch.roll(u, 1, -1) + torch.roll(u, -1, -1) + torch.roll(u, 1, -2) + torch.roll(u, -1, -2) - 4 * u
-    return u + r * lap
+def _hold_boundary(new, u, dims):
+    """Dirichlet: boundary nodes keep their values."""
+    for d in dims:
+        idx = torch.tensor([0, u.shape[d] - 1], device=u.device)
+        new.index_copy_(d, idx, u.index_select(d, idx))
+    return new
+
+
+def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
+                 backend=None):
+    """Explicit (FTCS) step of ``u_t = D u_xx`` along the last axis: ``u + r (u_{i-1} - 2 u_i + u_{i+1})``,
+    ``r = D dt/dx^2``. Stable only for ``r <= 1/2``: larger ``r`` raises ValueError unless
+    ``allow_unstable=True``. ``bc``: ``"periodic"``, ``"dirichlet"`` (end nodes held fixed) or
+    ``"neumann"`` (zero flux: ghost cells copy the end nodes, so ``sum(u)`` is conserved).
+    ``u``: ``(B, N)`` (any leading axes are batch)."""
+    name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
+    r = _check_stencil(D, dt, dx, bc, 0.5, allow_unstable)
+    if name == "torch":
+        left, right = _neighbours(u, -1, bc)
+        new = u + r * (left - 2 * u + right)
+        return _unwrap(_hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new, numpy_in)
+    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if u.numel():
+        _launch("ftcs1d", u, [u, r, _BC_CODE[bc], out], space_dims=1)
+    return _unwrap(out, numpy_in)
+
+
+def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
+                 backend=None):
+    """Explicit 5-point step of ``u_t = D (u_xx + u_yy)`` on the last two axes, stable for
+    ``r = D dt/dx^2 <= 1/4`` (larger raises ValueError unless ``allow_unstable=True``).
+    ``u``: ``(B, H, W)``; ``bc`` as in :func:`ftcs_step_1d`, on all four sides."""
+    name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
+    if u.ndim < 2:
+        raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(u.shape)}")
+    r = _check_stencil(D, dt, dx, bc, 0.25, allow_unstable)
+    if name == "torch":
+        (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
+        new = u + r * (l + rt + up + dn - 4 * u)
+        return _unwrap(_hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new, numpy_in)
+    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if u.numel():
+        _launch("ftcs2d", u, [u, r, _BC_CODE[bc], out], space_dims=2)
+    return _unwrap(out, numpy_in)
 
 
 def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, seed=None, step=0,
                 backend=None):
     """Brownian walkers (Ornstein-Uhlenbeck when ``drift_coef != 0``), Euler-Maruyama:
     ``x + drift_coef x dt + sqrt(2 D dt) z``. ``x``: ``(n_walkers, d)``."""
-    _resolve(backend)
-    return x + drift_coef * x * dt + math.sqrt(2 * D * dt) * _noise(x, noise, seed, step)
+    from minidiff.kernels.formulas import walker_coefficients
+
+    if not (D >= 0 and dt >= 0):
+        raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
+    return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True,
+               lambda x, s, z: x + drift_coef * x * dt + math.sqrt(2 * D * dt) * z, backend)

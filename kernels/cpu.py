@@ -1,0 +1,232 @@
+"""CPU kernels: ``njit(parallel=True, cache=True)`` loops around the scalar formulas.
+
+Every array is a C-contiguous 2-D view ``(B, n)`` (batch, elements per sample). Work is split into
+tasks of about ``CHUNK`` elements: whole rows when rows are short, row pieces when they are long;
+``prange`` runs over the tasks and each task walks contiguous memory. Noise for element ``(b, i)``
+at ``step`` is ``normal4(k0, k1, i // 4, b, step)[i % 4]`` whatever the split, so it does not depend
+on the number of threads. Row pieces start at multiples of 4 so a task owns whole Philox blocks.
+
+Kernels check their index tables and never read or write out of bounds: a sample whose ``t_index``
+lies outside the table gets NaN (the dispatcher raises before launching anyway).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _cache  # noqa: F401  (installs the versioned cache locator before any @njit(cache=True))
+from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+
+_f = compile_device_functions(njit)
+normal4, lane = _f["normal4"], _f["lane"]
+q_sample_elem, ddpm_elem, ddim_elem = _f["q_sample_elem"], _f["ddpm_elem"], _f["ddim_elem"]
+em_elem, heun_elem, ftcs_elem, ftcs2_elem = _f["em_elem"], _f["heun_elem"], _f["ftcs_elem"], _f["ftcs2_elem"]
+philox4x32_10, wrap_index = _f["philox4x32_10"], _f["wrap_index"]
+
+CHUNK = 16384  # elements per task; a multiple of 4
+_kernel = njit(parallel=True, cache=True)
+
+
+@njit(cache=True)
+def _tasks(B, n):
+    """``(n_tasks, pieces_per_row, rows_per_task)``: exactly one of the last two is > 1 or both 1."""
+    if n >= CHUNK:
+        per_row = (n + CHUNK - 1) // CHUNK
+        return B * per_row, per_row, 1
+    rows = max(1, CHUNK // max(n, 1))
+    return (B + rows - 1) // rows, 1, rows
+
+
+@njit(cache=True)
+def _bounds(task, B, n, per_row, rows):
+    """Rows ``[b0, b1)`` and elements ``[i0, i1)`` of one task."""
+    if per_row > 1:
+        b = task // per_row
+        j = task - b * per_row
+        return b, b + 1, j * CHUNK, min(n, (j + 1) * CHUNK)
+    b0 = task * rows
+    return b0, min(B, b0 + rows), 0, n
+
+
+# ---------------------------------------------------------------------------- noise
+@_kernel
+def normal_fill(out, k0, k1, step):
+    """``out[b, i] = N(0, 1)`` from Philox4x32-10 on ``(seed, b, i, step)`` (Salmon et al. 2011)."""
+    B, n = out.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            for g in range(i0 // 4, (i1 + 3) // 4):
+                z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+                for k in range(min(4, i1 - 4 * g)):
+                    out[b, 4 * g + k] = lane(z0, z1, z2, z3, k)
+
+
+@njit(cache=True)
+def philox_block(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of one counter, compiled (for the known-answer tests)."""
+    return philox4x32_10(c0, c1, c2, c3, k0, k1)
+
+
+# ---------------------------------------------------------------------------- forward process
+@_kernel
+def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
+    """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
+    (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it."""
+    B, n = x0.shape
+    T = sqrt_ab.shape[0]
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            t = t_index[b]
+            if t < 0 or t >= T:
+                out[b, i0:i1] = np.nan
+                continue
+            a, s = sqrt_ab[t], sqrt_1mab[t]
+            if mode == NOISE_GIVEN:
+                for i in range(i0, i1):
+                    out[b, i] = q_sample_elem(x0[b, i], eps[b, i], a, s)
+            else:
+                for g in range(i0 // 4, (i1 + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+                    for k in range(min(4, i1 - 4 * g)):
+                        i = 4 * g + k
+                        out[b, i] = q_sample_elem(x0[b, i], lane(z0, z1, z2, z3, k), a, s)
+
+
+# ---------------------------------------------------------------------------- samplers
+@_kernel
+def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
+    B, n = x.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            if mode == NOISE_PHILOX:
+                for g in range(i0 // 4, (i1 + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+                    for k in range(min(4, i1 - 4 * g)):
+                        i = 4 * g + k
+                        out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
+                                                            sa, s1, c, cx0, cx, std)
+            elif mode == NOISE_GIVEN:
+                for i in range(i0, i1):
+                    out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], noise[b, i], sa, s1, c, cx0, cx, std)
+            else:
+                for i in range(i0, i1):
+                    out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], 0.0, sa, s1, c, cx0, cx, 0.0)
+
+
+@_kernel
+def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out, x0_out):
+    """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    B, n = x.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            if mode == NOISE_PHILOX:
+                for g in range(i0 // 4, (i1 + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+                    for k in range(min(4, i1 - 4 * g)):
+                        i = 4 * g + k
+                        out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
+                                                            sa, s1, c, recompute_eps, sap, cdir, sigma)
+            elif mode == NOISE_GIVEN:
+                for i in range(i0, i1):
+                    out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], noise[b, i],
+                                                        sa, s1, c, recompute_eps, sap, cdir, sigma)
+            else:
+                for i in range(i0, i1):
+                    out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], 0.0,
+                                                        sa, s1, c, recompute_eps, sap, cdir, 0.0)
+
+
+@_kernel
+def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
+    """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
+    walkers; see ``formulas.*_coefficients``)."""
+    B, n = x.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            if mode == NOISE_PHILOX:
+                for g in range(i0 // 4, (i1 + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+                    for k in range(min(4, i1 - 4 * g)):
+                        i = 4 * g + k
+                        out[b, i] = em_elem(x[b, i], score[b, i], lane(z0, z1, z2, z3, k), cx, cs, cz)
+            elif mode == NOISE_GIVEN:
+                for i in range(i0, i1):
+                    out[b, i] = em_elem(x[b, i], score[b, i], noise[b, i], cx, cs, cz)
+            else:
+                for i in range(i0, i1):
+                    out[b, i] = em_elem(x[b, i], score[b, i], 0.0, cx, cs, 0.0)
+
+
+@_kernel
+def heun(x, score, xe, se, cx, cs, cxe, cse, out):
+    """PF-ODE Heun correction (Karras et al. 2022, Alg. 1, lines 9-11)."""
+    B, n = x.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            for i in range(i0, i1):
+                out[b, i] = heun_elem(x[b, i], score[b, i], xe[b, i], se[b, i], cx, cs, cxe, cse)
+
+
+# ---------------------------------------------------------------------------- physics
+@njit(cache=True)
+def _ftcs_edge(u, b, i, n, r, bc, out):
+    if bc == BC_DIRICHLET:
+        out[b, i] = u[b, i]
+    else:
+        out[b, i] = ftcs_elem(u[b, i], u[b, wrap_index(i - 1, n, bc)], u[b, wrap_index(i + 1, n, bc)], r)
+
+
+@_kernel
+def ftcs1d(u, r, bc, out):
+    """FTCS step of the 1-D diffusion equation on rows of ``u`` (B, N)."""
+    B, n = u.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            for i in range(max(i0, 1), min(i1, n - 1)):
+                out[b, i] = ftcs_elem(u[b, i], u[b, i - 1], u[b, i + 1], r)
+            if i0 == 0:
+                _ftcs_edge(u, b, 0, n, r, bc, out)
+            if i1 == n and n > 1:
+                _ftcs_edge(u, b, n - 1, n, r, bc, out)
+
+
+@njit(cache=True)
+def _ftcs2_row(u, b, y, r, bc, out):
+    """One row ``y`` of the 5-point FTCS step on ``u`` (B, H, W)."""
+    H, W = u.shape[1], u.shape[2]
+    if bc == BC_DIRICHLET and (y == 0 or y == H - 1):
+        out[b, y, :] = u[b, y, :]
+        return
+    ym, yp = wrap_index(y - 1, H, bc), wrap_index(y + 1, H, bc)
+    for x in range(1, W - 1):
+        out[b, y, x] = ftcs2_elem(u[b, y, x], u[b, y, x - 1], u[b, y, x + 1], u[b, ym, x], u[b, yp, x], r)
+    for x in (0, W - 1):
+        if bc == BC_DIRICHLET:
+            out[b, y, x] = u[b, y, x]
+        else:
+            xm, xp = wrap_index(x - 1, W, bc), wrap_index(x + 1, W, bc)
+            out[b, y, x] = ftcs2_elem(u[b, y, x], u[b, y, xm], u[b, y, xp], u[b, ym, x], u[b, yp, x], r)
+
+
+@_kernel
+def ftcs2d(u, r, bc, out):
+    """5-point FTCS step of the 2-D diffusion equation on ``u`` (B, H, W); prange over rows."""
+    B, H = u.shape[0], u.shape[1]
+    for task in prange(B * H):
+        b = task // H
+        _ftcs2_row(u, b, task - b * H, r, bc, out)

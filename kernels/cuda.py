@@ -1,0 +1,206 @@
+"""CUDA kernels: the one module that imports ``numba.cuda``.
+
+Each kernel is a grid-stride loop around the same scalar formulas as the CPU kernels
+(:mod:`minidiff.kernels.formulas`), so any launch configuration computes the same numbers, and tiny
+grids run under the simulator (``NUMBA_ENABLE_CUDASIM=1``). Elementwise kernels give one thread one
+element when noise is given and one Philox block (4 elements) when noise is drawn in-kernel. Arrays
+are 2-D ``(B, n)`` views (3-D for the 2-D stencil).
+
+Importing this module does not touch a GPU; :func:`is_available` does.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+from numba import cuda
+
+from . import _cache  # noqa: F401
+from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+
+_f = compile_device_functions(cuda.jit(device=True))
+normal4, lane = _f["normal4"], _f["lane"]
+q_sample_elem, ddpm_elem, ddim_elem = _f["q_sample_elem"], _f["ddpm_elem"], _f["ddim_elem"]
+em_elem, heun_elem, ftcs_elem, ftcs2_elem = _f["em_elem"], _f["heun_elem"], _f["ftcs_elem"], _f["ftcs2_elem"]
+wrap_index = _f["wrap_index"]
+
+THREADS = 256
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+
+
+def is_available() -> bool:
+    """True when a CUDA device (or the simulator) can run kernels."""
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # noqa: BLE001  (driver errors of every kind mean "no")
+        return False
+
+
+def launch(kernel, work: int, *args, stream=0, blocks: int | None = None, threads: int | None = None):
+    """Launch ``kernel`` over ``work`` items: by default enough blocks of ``THREADS`` for one item a
+    thread, capped at 32 blocks per SM (the grid-stride loop covers the rest)."""
+    if work <= 0:
+        return
+    threads = threads or THREADS
+    if blocks is None:
+        sms = 1 if SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        blocks = max(1, min(math.ceil(work / threads), 32 * sms))
+    kernel[blocks, threads, stream](*args)
+
+
+# ---------------------------------------------------------------------------- noise
+@cuda.jit
+def normal_fill(out, k0, k1, step):
+    """``out[b, i] = N(0, 1)`` from Philox4x32-10 on ``(seed, b, i, step)`` (Salmon et al. 2011)."""
+    B, n = out.shape
+    ng = (n + 3) // 4
+    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
+        b = idx // ng
+        g = idx - b * ng
+        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        for k in range(min(4, n - 4 * g)):
+            out[b, 4 * g + k] = lane(z0, z1, z2, z3, k)
+
+
+# ---------------------------------------------------------------------------- forward process
+@cuda.jit
+def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
+    """Forward noising with per-sample ``t_index`` (Ho et al. 2020, eq. 4); NaN for a bad index."""
+    B, n = x0.shape
+    T = sqrt_ab.shape[0]
+    if mode == NOISE_GIVEN:
+        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+            b = idx // n
+            i = idx - b * n
+            t = t_index[b]
+            if t < 0 or t >= T:
+                out[b, i] = math.nan
+            else:
+                out[b, i] = q_sample_elem(x0[b, i], eps[b, i], sqrt_ab[t], sqrt_1mab[t])
+        return
+    ng = (n + 3) // 4
+    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
+        b = idx // ng
+        g = idx - b * ng
+        t = t_index[b]
+        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        for k in range(min(4, n - 4 * g)):
+            i = 4 * g + k
+            if t < 0 or t >= T:
+                out[b, i] = math.nan
+            else:
+                out[b, i] = q_sample_elem(x0[b, i], lane(z0, z1, z2, z3, k), sqrt_ab[t], sqrt_1mab[t])
+
+
+# ---------------------------------------------------------------------------- samplers
+@cuda.jit
+def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
+    B, n = x.shape
+    if mode != NOISE_PHILOX:
+        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+            b = idx // n
+            i = idx - b * n
+            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
+            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], z, sa, s1, c, cx0, cx, std)
+        return
+    ng = (n + 3) // 4
+    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
+        b = idx // ng
+        g = idx - b * ng
+        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        for k in range(min(4, n - 4 * g)):
+            i = 4 * g + k
+            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
+                                                sa, s1, c, cx0, cx, std)
+
+
+@cuda.jit
+def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out, x0_out):
+    """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    B, n = x.shape
+    if mode != NOISE_PHILOX:
+        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+            b = idx // n
+            i = idx - b * n
+            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
+            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, s1, c, recompute_eps, sap, cdir, sigma)
+        return
+    ng = (n + 3) // 4
+    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
+        b = idx // ng
+        g = idx - b * ng
+        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        for k in range(min(4, n - 4 * g)):
+            i = 4 * g + k
+            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
+                                                sa, s1, c, recompute_eps, sap, cdir, sigma)
+
+
+@cuda.jit
+def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
+    """``cx x + cs score + cz z``: one Euler-Maruyama step (see ``formulas.*_coefficients``)."""
+    B, n = x.shape
+    if mode != NOISE_PHILOX:
+        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+            b = idx // n
+            i = idx - b * n
+            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
+            out[b, i] = em_elem(x[b, i], score[b, i], z, cx, cs, cz)
+        return
+    ng = (n + 3) // 4
+    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
+        b = idx // ng
+        g = idx - b * ng
+        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        for k in range(min(4, n - 4 * g)):
+            i = 4 * g + k
+            out[b, i] = em_elem(x[b, i], score[b, i], lane(z0, z1, z2, z3, k), cx, cs, cz)
+
+
+@cuda.jit
+def heun(x, score, xe, se, cx, cs, cxe, cse, out):
+    """PF-ODE Heun correction (Karras et al. 2022, Alg. 1, lines 9-11)."""
+    B, n = x.shape
+    for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+        b = idx // n
+        i = idx - b * n
+        out[b, i] = heun_elem(x[b, i], score[b, i], xe[b, i], se[b, i], cx, cs, cxe, cse)
+
+
+# ---------------------------------------------------------------------------- physics
+@cuda.jit
+def ftcs1d(u, r, bc, out):
+    """FTCS step of the 1-D diffusion equation on rows of ``u`` (B, N)."""
+    B, n = u.shape
+    for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+        b = idx // n
+        i = idx - b * n
+        if bc == BC_DIRICHLET and (i == 0 or i == n - 1):
+            out[b, i] = u[b, i]
+        else:
+            out[b, i] = ftcs_elem(u[b, i], u[b, wrap_index(i - 1, n, bc)], u[b, wrap_index(i + 1, n, bc)], r)
+
+
+@cuda.jit
+def ftcs2d(u, r, bc, out):
+    """5-point FTCS step of the 2-D diffusion equation on ``u`` (B, H, W)."""
+    B, H, W = u.shape
+    for idx in range(cuda.grid(1), B * H * W, cuda.gridsize(1)):
+        b = idx // (H * W)
+        rem = idx - b * (H * W)
+        y = rem // W
+        x = rem - y * W
+        if bc == BC_DIRICHLET and (y == 0 or y == H - 1 or x == 0 or x == W - 1):
+            out[b, y, x] = u[b, y, x]
+        else:
+            out[b, y, x] = ftcs2_elem(u[b, y, x], u[b, y, wrap_index(x - 1, W, bc)], u[b, y, wrap_index(x + 1, W, bc)],
+                                      u[b, wrap_index(y - 1, H, bc), x], u[b, wrap_index(y + 1, H, bc), x], r)
+
+
+def launch_on_stream(kernel, work: int, args, stream_ptr: int):
+    """Launch on a foreign stream (torch's ``current_stream().cuda_stream``); arguments exporting
+    ``__cuda_array_interface__`` (torch CUDA tensors) are wrapped without a copy or a sync."""
+    stream = cuda.external_stream(stream_ptr)
+    dev = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a for a in args]
+    launch(kernel, work, *dev, stream=stream)

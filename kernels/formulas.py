@@ -1,0 +1,235 @@
+"""Every update formula of the course, written once as plain scalar Python.
+
+Nothing here imports numba. :func:`compile_device_functions` compiles the scalar functions for a
+target (``numba.njit`` in :mod:`minidiff.kernels.cpu`, ``numba.cuda.jit(device=True)`` in
+:mod:`minidiff.kernels.cuda`); the kernels there are only loops that call them. The host helpers
+(``*_coefficients``) turn a step's scalars into the float64 coefficients the kernels take.
+
+Integers are int64 with explicit 32-bit masks, so the same text gives the same bits in CPython, in
+numba on the CPU, on a GPU and in the CUDA simulator. Arithmetic is float64; a kernel rounds once
+when it stores into a float32 array.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+MASK32 = 0xFFFFFFFF
+# Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, Sec. 4.2; Random123's philox.h).
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+TWO_PI = 6.283185307179586
+INV_2_32 = 2.3283064365386963e-10  # 2**-32
+
+# noise modes of the kernels
+NOISE_NONE = 0    # the update draws no noise
+NOISE_GIVEN = 1   # caller-supplied noise array
+NOISE_PHILOX = 2  # drawn in-kernel from (seed, sample, element, step)
+
+
+# ============================================================================ Philox4x32-10
+def philox_round(x0, x1, x2, x3, k0, k1):
+    """One Philox S-box round: two 32x32->64 multiplies, hi/lo words xored with the key
+    (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3", Sec. 4.2)."""
+    p0 = PHILOX_M0 * x0
+    p1 = PHILOX_M1 * x2
+    hi0 = (p0 >> 32) & MASK32
+    hi1 = (p1 >> 32) & MASK32
+    return (hi1 ^ x1 ^ k0) & MASK32, p1 & MASK32, (hi0 ^ x3 ^ k1) & MASK32, p0 & MASK32
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10: the 128-bit counter ``(c0..c3)`` under the 64-bit key ``(k0, k1)`` -> four
+    32-bit words (Salmon et al. 2011). Inputs are integers in ``[0, 2**32)``."""
+    x0, x1, x2, x3 = c0, c1, c2, c3
+    for r in range(10):
+        if r > 0:
+            k0 = (k0 + PHILOX_W0) & MASK32
+            k1 = (k1 + PHILOX_W1) & MASK32
+        x0, x1, x2, x3 = philox_round(x0, x1, x2, x3, k0, k1)
+    return x0, x1, x2, x3
+
+
+def box_muller(w0, w1):
+    """Two standard normals from two 32-bit words (Box & Muller 1958), in float64:
+    ``u1 = (w0 + 1) 2^-32`` in ``(0, 1]``, ``u2 = w1 2^-32``; ``r = sqrt(-2 ln u1)``."""
+    u1 = (w0 + 1) * INV_2_32
+    u2 = w1 * INV_2_32
+    r = math.sqrt(-2.0 * math.log(u1))
+    return r * math.cos(TWO_PI * u2), r * math.sin(TWO_PI * u2)
+
+
+def normal4(k0, k1, group, sample, step):
+    """Normals for elements ``4 group .. 4 group + 3`` of ``sample`` at ``step``: one Philox block
+    on the counter ``(group, sample, step, group >> 32)`` under the seed key ``(k0, k1)``."""
+    w0, w1, w2, w3 = philox4x32_10(group & MASK32, sample & MASK32, step & MASK32,
+                                   (group >> 32) & MASK32, k0, k1)
+    z0, z1 = box_muller(w0, w1)
+    z2, z3 = box_muller(w2, w3)
+    return z0, z1, z2, z3
+
+
+def lane(z0, z1, z2, z3, k):
+    """``(z0, z1, z2, z3)[k]`` for a run-time ``k``."""
+    if k == 0:
+        return z0
+    if k == 1:
+        return z1
+    if k == 2:
+        return z2
+    return z3
+
+
+# ============================================================================ diffusion updates
+def clip(v, c):
+    """Clamp ``v`` to ``[-c, c]``; ``c = inf`` leaves it unchanged; NaN passes through."""
+    if v > c:
+        return c
+    if v < -c:
+        return -c
+    return v
+
+
+def q_sample_elem(x0, eps, a, s):
+    """Forward noising ``a x0 + s eps``, ``a = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)``
+    (Ho et al. 2020, eq. 4)."""
+    return a * x0 + s * eps
+
+
+def x0_from_eps(x, eps, sa, s1, c):
+    """``x0_hat = (x - sqrt(1-ab) eps) / sqrt(ab)``, clamped to ``[-c, c]`` (Ho et al. 2020, eq. 15)."""
+    return clip((x - s1 * eps) / sa, c)
+
+
+def ddpm_elem(x, eps, z, sa, s1, c, cx0, cx, std):
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2, posterior-mean form eq. 7):
+    ``x_prev = cx0 x0_hat + cx x + std z``. Returns ``(x_prev, x0_hat)``."""
+    x0 = x0_from_eps(x, eps, sa, s1, c)
+    return cx0 * x0 + cx * x + std * z, x0
+
+
+def ddim_elem(x, eps, z, sa, s1, c, recompute_eps, sap, cdir, sigma):
+    """DDIM step (Song et al. 2021a, eq. 12):
+    ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma z``; with clipping,
+    ``eps`` is recomputed from the clipped ``x0_hat``. Returns ``(x_prev, x0_hat)``."""
+    x0 = x0_from_eps(x, eps, sa, s1, c)
+    if recompute_eps:
+        eps = (x - sa * x0) / s1
+    return sap * x0 + cdir * eps + sigma * z, x0
+
+
+def em_elem(x, score, z, cx, cs, cz):
+    """Euler-Maruyama step of a linear-drift SDE, ``cx x + cs score + cz z``: Langevin,
+    reverse VP/VE SDE, probability-flow Euler and Brownian walkers (see the ``*_coefficients``)."""
+    return cx * x + cs * score + cz * z
+
+
+def heun_elem(x, score, xe, se, cx, cs, cxe, cse):
+    """Heun (trapezoidal) step of the PF ODE, ``cx x + cs score + cxe x_euler + cse score_euler``
+    (Karras et al. 2022, Alg. 1, lines 9-11; coefficients from :func:`heun_coefficients`)."""
+    return cx * x + cs * score + cxe * xe + cse * se
+
+
+BC_PERIODIC, BC_DIRICHLET, BC_NEUMANN = 0, 1, 2  # boundary conditions of the stencils
+
+
+def wrap_index(j, n, bc):
+    """Index read for neighbour ``j`` in ``[-1, n]`` of an axis of length ``n``: periodic wrap, else
+    the zero-flux ghost cell (``u[-1] = u[0]``, ``u[n] = u[n-1]``, which conserves ``sum(u)``).
+    Dirichlet nodes on the boundary are held fixed and never need a neighbour."""
+    if j < 0:
+        return n - 1 if bc == BC_PERIODIC else 0
+    if j >= n:
+        return 0 if bc == BC_PERIODIC else n - 1
+    return j
+
+
+def ftcs_elem(c, left, right, r):
+    """FTCS update of ``u_t = D u_xx``: ``u_i + r (u_{i-1} - 2 u_i + u_{i+1})``, ``r = D dt / dx^2``."""
+    return c + r * (left - 2.0 * c + right)
+
+
+def ftcs2_elem(c, left, right, up, down, r):
+    """5-point FTCS update of ``u_t = D (u_xx + u_yy)``: ``u + r (sum of 4 neighbours - 4 u)``."""
+    return c + r * (left + right + up + down - 4.0 * c)
+
+
+DEVICE_FUNCTIONS = ("philox_round", "philox4x32_10", "box_muller", "normal4", "lane", "clip",
+                    "q_sample_elem", "x0_from_eps", "ddpm_elem", "ddim_elem", "em_elem",
+                    "heun_elem", "wrap_index", "ftcs_elem", "ftcs2_elem")
+
+
+def compile_device_functions(jit) -> dict:
+    """Compile every scalar function above with ``jit`` (e.g. ``numba.njit``), each calling the
+    compiled versions of the others. Returns ``{name: compiled}``."""
+    ns = dict(globals())
+    out = {}
+    for name in DEVICE_FUNCTIONS:
+        f = globals()[name]
+        g = types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
+        g.__qualname__, g.__doc__, g.__module__ = f.__qualname__, f.__doc__, f.__module__
+        out[name] = ns[name] = jit(g)
+    return out
+
+
+# ============================================================================ host coefficients
+def seed_key(seed) -> tuple[int, int]:
+    """The Philox key ``(k0, k1)``: the seed reduced modulo ``2**64``, low word first."""
+    s = int(seed) % (1 << 64)
+    return s & MASK32, s >> 32
+
+
+def ddpm_coefficients(alpha_bar, alpha_bar_prev, beta, alpha, posterior_variance, add_noise=True):
+    """``(sa, s1, cx0, cx, std)`` for :func:`ddpm_elem` (Ho et al. 2020, eqs. 7 and 15)."""
+    ab, abp = float(alpha_bar), float(alpha_bar_prev)
+    std = math.sqrt(float(posterior_variance)) if add_noise else 0.0
+    return (math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp) * float(beta) / (1.0 - ab),
+            math.sqrt(float(alpha)) * (1.0 - abp) / (1.0 - ab), std)
+
+
+def ddim_coefficients(alpha_bar, alpha_bar_prev, eta):
+    """``(sa, s1, sap, cdir, sigma)`` for :func:`ddim_elem` (Song et al. 2021a, eqs. 12 and 16):
+    ``sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev))``."""
+    ab, abp = float(alpha_bar), float(alpha_bar_prev)
+    sigma = float(eta) * math.sqrt((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp))
+    return math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp), math.sqrt(max(1.0 - abp - sigma**2, 0.0)), sigma
+
+
+def langevin_coefficients(step_size):
+    """``x + (h/2) score + sqrt(h) z`` (Song & Ermon 2019, Alg. 1) as ``(cx, cs, cz)``."""
+    h = float(step_size)
+    return 1.0, 0.5 * h, math.sqrt(h)
+
+
+def reverse_sde_coefficients(drift_coef, diffusion, dt):
+    """Euler-Maruyama for the reverse SDE ``dx = [f x - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
+    (Song et al. 2021b, eq. 6): ``(1 - f dt) x + g^2 dt score + g sqrt(dt) z``."""
+    f, g, dt = float(drift_coef), float(diffusion), float(dt)
+    return 1.0 - f * dt, g * g * dt, g * math.sqrt(dt)
+
+
+def pf_ode_euler_coefficients(drift_coef, diffusion, dt):
+    """Euler for the probability-flow ODE ``dx/dt = f x - g^2 score / 2`` from ``t`` to ``t - dt``
+    (Song et al. 2021b, eq. 13): ``(1 - f dt) x + (g^2 dt / 2) score``."""
+    f, g, dt = float(drift_coef), float(diffusion), float(dt)
+    return 1.0 - f * dt, 0.5 * g * g * dt, 0.0
+
+
+def heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt):
+    """``x - dt/2 (d(x, t) + d(x_euler, t - dt))``, ``d = f x - g^2 score / 2`` (Karras et al. 2022,
+    Alg. 1) expanded into ``(cx, cs, cxe, cse)``."""
+    f, g, fn, gn, dt = (float(v) for v in (drift_coef, diffusion, drift_coef_next, diffusion_next, dt))
+    return 1.0 - 0.5 * dt * f, 0.25 * dt * g * g, -0.5 * dt * fn, 0.25 * dt * gn * gn
+
+
+def walker_coefficients(D, dt, drift_coef):
+    """Brownian walkers, Ornstein-Uhlenbeck when ``drift_coef != 0``, Euler-Maruyama:
+    ``(1 + drift_coef dt) x + sqrt(2 D dt) z`` (Einstein 1905; Uhlenbeck & Ornstein 1930)."""
+    return 1.0 + float(drift_coef) * float(dt), 0.0, math.sqrt(2.0 * float(D) * float(dt))
+
+
+def ftcs_ratio(D, dt, dx) -> float:
+    """The mesh ratio ``r = D dt / dx^2`` of the FTCS scheme."""
+    return float(D) * float(dt) / float(dx) ** 2
