@@ -1,0 +1,173 @@
+"""Plot helpers that return PNG bytes, for the chain player and for static figures.
+
+Everything here draws on a detached :class:`matplotlib.figure.Figure` (no pyplot, so nothing is
+shown twice by the inline backend) unless you hand in a pyplot figure yourself, which
+:func:`figure_to_png` then closes.
+
+* :func:`figure_to_png` -- any Figure to PNG bytes.
+* :func:`digits_png` -- a grid of small greyscale images (e.g. 8x8 digits in ``[-1, 1]``), drawn by
+  array composition and nearest-neighbour upscaling: about a millisecond, no axes.
+* :func:`scatter_png` -- a 2-D point cloud in fixed limits (so frames of a chain line up).
+* :func:`curve_png` -- a curve (e.g. a schedule's ``alpha_bar``) with the current step marked.
+* :func:`png_strip` -- a row (or rows) of PNGs with captions: the static fallback of a widget.
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["new_figure", "figure_to_png", "digits_png", "scatter_png", "curve_png", "png_strip",
+           "decode_png"]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def new_figure(figsize=(3.0, 3.0), dpi: int = 80):
+    """A Figure not registered with pyplot (never auto-displayed), with an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_png(fig, *, dpi=None, close: bool = True) -> bytes:
+    """Render ``fig`` to PNG bytes. A pyplot figure is closed afterwards (``close=True``) so the
+    inline backend does not show it again at the end of the cell."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else fig.dpi)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if close and plt is not None:
+        plt.close(fig)  # a no-op for figures pyplot does not manage
+    return buf.getvalue()
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    """PNG bytes to an ``(H, W, C)`` float array in ``[0, 1]``."""
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(io.BytesIO(png), format="png")
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def digits_png(images, *, ncol: int | None = None, scale: int = 8, vmin: float = -1.0,
+               vmax: float = 1.0, pad: int = 1, cmap: str = "gray") -> bytes:
+    """A grid of greyscale images as PNG bytes.
+
+    ``images``: ``(N, 1, H, W)``, ``(N, H, W)`` or ``(H, W)`` (tensor or array), values mapped from
+    ``[vmin, vmax]`` (default: the course's ``[-1, 1]`` pixel range) to black..white and clipped.
+    ``ncol`` defaults to ``ceil(sqrt(N))``; each pixel becomes a ``scale x scale`` block; ``pad``
+    pixels (of the grid, before scaling) of mid-grey separate the images.
+    """
+    import matplotlib.image as mpimg
+
+    a = _to_numpy(images)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim == 4:
+        if a.shape[1] != 1:
+            raise ValueError(f"images must have one channel: expected (N, 1, H, W), got {a.shape}")
+        a = a[:, 0]
+    if a.ndim != 3 or a.shape[0] == 0:
+        raise ValueError(f"images must be (N, 1, H, W), (N, H, W) or (H, W) with N >= 1, got {a.shape}")
+    n, h, w = a.shape
+    ncol = int(ncol or math.ceil(math.sqrt(n)))
+    nrow = math.ceil(n / ncol)
+    a = np.clip((a - vmin) / (vmax - vmin), 0.0, 1.0)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y:y + h, x:x + w] = a[k]
+    grid = np.kron(grid, np.ones((scale, scale)))
+    buf = io.BytesIO()
+    mpimg.imsave(buf, grid, cmap=cmap, vmin=0.0, vmax=1.0, format="png")
+    return buf.getvalue()
+
+
+def scatter_png(points, *, lim: float | tuple = 3.0, size: float = 3.0, dpi: int = 80, s: float = 4.0,
+                alpha: float = 0.6, color="C0", title: str | None = None, background=None) -> bytes:
+    """A 2-D point cloud ``(N, 2)`` as PNG bytes, in fixed limits ``lim`` (a half-width, or
+    ``(xmin, xmax, ymin, ymax)``) so consecutive frames line up. ``background``: optional second
+    cloud drawn in light grey underneath (e.g. the data)."""
+    p = _to_numpy(points)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {p.shape}")
+    lims = (-lim, lim, -lim, lim) if np.isscalar(lim) else tuple(lim)
+    fig = new_figure((size, size), dpi)
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.96 if title is None else 0.88))
+    if background is not None:
+        b = _to_numpy(background)
+        ax.scatter(b[:, 0], b[:, 1], s=s, c="0.8", linewidths=0)
+    ax.scatter(p[:, 0], p[:, 1], s=s, alpha=alpha, c=color, linewidths=0)
+    ax.set_xlim(lims[0], lims[1])
+    ax.set_ylim(lims[2], lims[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return figure_to_png(fig)
+
+
+def curve_png(x, y, *, at=None, xlabel: str = "", ylabel: str = "", title: str | None = None,
+              size=(3.2, 2.4), dpi: int = 80, logy: bool = False) -> bytes:
+    """A curve ``y(x)`` as PNG bytes with a vertical marker and dot at ``x = at`` (e.g. the current
+    ``t_index`` on a schedule's ``alpha_bar``)."""
+    xa, ya = _to_numpy(x), _to_numpy(y)
+    fig = new_figure(size, dpi)
+    ax = fig.add_subplot(111)
+    ax.plot(xa, ya, lw=1.5)
+    if logy:
+        ax.set_yscale("log")
+    if at is not None:
+        k = int(np.argmin(np.abs(xa - float(at))))
+        ax.axvline(xa[k], color="C3", lw=1)
+        ax.plot([xa[k]], [ya[k]], "o", color="C3")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return figure_to_png(fig)
+
+
+def png_strip(rows: Sequence[Sequence[bytes]], captions: Sequence[str] | None = None, *,
+              title: str | None = None, panel_width: float = 2.0, dpi: int = 80) -> bytes:
+    """Lay out PNGs in a grid (``rows[r][c]``), one caption per column, as one PNG: the static
+    figure strip a chain player shows where no widget front end is present."""
+    rows = [list(r) for r in rows]
+    if not rows or not rows[0]:
+        raise ValueError("png_strip needs at least one image")
+    ncol = len(rows[0])
+    if any(len(r) != ncol for r in rows):
+        raise ValueError("every row of png_strip must have the same number of images")
+    if captions is not None and len(captions) != ncol:
+        raise ValueError(f"captions must have one entry per column ({ncol}), got {len(captions)}")
+    decoded = [[decode_png(p) for p in r] for r in rows]
+    heights = [max(im.shape[0] / im.shape[1] for im in r) for r in decoded]
+    fig_h = sum(h * panel_width for h in heights) + 0.35 * len(rows) + (0.35 if title else 0.0)
+    fig = new_figure((panel_width * ncol, fig_h), dpi)
+    axes = fig.subplots(len(rows), ncol, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for r, row in enumerate(decoded):
+        for c, im in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(im, interpolation="nearest")
+            ax.set_axis_off()
+            if r == 0 and captions is not None:
+                ax.set_title(captions[c], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return figure_to_png(fig)

@@ -1,0 +1,155 @@
+"""The chain player, headless: frames swap on slider moves, labels follow, inputs are checked, and the
+displayed bundle carries a static PNG strip beside the widget view."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minidiff.viz import PNG_MAGIC, curve_png, decode_png, digits_png, png_strip, scatter_png  # noqa: E402
+from minidiff.widgets import ChainPlayer, to_png  # noqa: E402
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _frames(n=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 4, 1, 8, 8, generator=g)  # n steps of a batch of 4 digits
+
+
+@dataclass(frozen=True)
+class Record:
+    t_index: int
+    x: torch.Tensor
+    x0_hat: torch.Tensor
+
+
+def _records(n=4):
+    for t in reversed(range(n)):
+        yield Record(t, torch.full((2, 1, 8, 8), t / n), torch.full((2, 1, 8, 8), -t / n))
+
+
+def test_slider_swaps_image_and_label():
+    p = ChainPlayer(_frames(), digits_png)
+    assert len(p) == 5 and len(p.frames_png) == 5
+    assert all(b.startswith(PNG_MAGIC) for b in p.frames_png)
+    assert len(set(p.frames_png)) == 5  # distinct frames give distinct images
+    assert p.image.value == p.frames_png[0] and p.label.value == "step 0 / 4"
+    seen = set()
+    for i in [3, 1, 4, 0, 2]:
+        p.slider.value = i
+        assert p.image.value == p.frames_png[i]
+        assert p.label.value == f"step {i} / 4"
+        assert p.step == i
+        seen.add(bytes(p.image.value))
+    assert len(seen) == 5
+    assert p.side_image is None and p.side_png is None
+
+
+def test_play_and_slider_are_linked_and_configured():
+    p = ChainPlayer(_frames(3), digits_png, interval_ms=50, loop=True)
+    assert (p.play.min, p.play.max, p.slider.min, p.slider.max) == (0, 2, 0, 2)
+    assert p.play.interval == 50 and p.play.repeat is True
+    # the Play / slider link is a jslink (front end); the kernel observes the slider
+    box = p.widget
+    assert p.play in box.children[0].children and p.slider in box.children[0].children
+    assert p.image in box.children[1].children
+
+
+def test_generator_of_records_with_side_panel_and_callable_labels():
+    gen = _records(4)
+    p = ChainPlayer(gen, lambda r: digits_png(r.x), side=lambda r: digits_png(r.x0_hat),
+                    labels=lambda r: f"t_index = {r.t_index}", title="reverse chain")
+    assert [r.t_index for r in p.frames] == [3, 2, 1, 0]
+    assert p.labels == ["t_index = 3", "t_index = 2", "t_index = 1", "t_index = 0"]
+    assert p.side_image is not None and len(p.side_png) == 4
+    p.slider.value = 2
+    assert p.label.value == "t_index = 1"
+    assert p.image.value == p.frames_png[2] and p.side_image.value == p.side_png[2]
+    assert p.side_png[2] != p.side_png[1]
+    with pytest.raises(StopIteration):
+        next(gen)  # consumed once
+
+
+def test_figure_renderer_is_closed_and_list_labels():
+    def render(x):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot(np.asarray(x))
+        return fig
+
+    before = len(plt.get_fignums())
+    p = ChainPlayer([np.arange(3.0), np.arange(3.0)[::-1]], render, labels=["a", "b"], start=-1)
+    assert len(plt.get_fignums()) == before  # no figure left open to be shown twice
+    assert p.step == 1 and p.label.value == "b" and p.image.value == p.frames_png[1]
+    p.show(0)
+    assert p.slider.value == 0 and p.label.value == "a"
+
+
+def test_mimebundle_has_widget_view_static_png_and_text():
+    p = ChainPlayer(_frames(10), digits_png, labels=[f"t_index = {i}" for i in range(10)], title="forward")
+    bundle = p._repr_mimebundle_()
+    assert WIDGET_MIME in bundle and bundle[WIDGET_MIME]["model_id"] == p.widget.model_id
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(PNG_MAGIC) and png == p.static_strip()
+    assert bundle["text/plain"].startswith("ChainPlayer(n_frames=10")
+    assert p.strip_indices() == [0, 2, 4, 5, 7, 9]
+    assert p.strip_indices(3) == [0, 4, 9] or p.strip_indices(3) == [0, 5, 9]
+    h, w, _ = decode_png(p.static_strip()).shape
+    assert w > 3 * h  # a strip: wide, one row
+
+
+def test_single_frame_and_static_strip_with_side():
+    p = ChainPlayer([torch.zeros(1, 8, 8)], digits_png, side=lambda x: scatter_png(torch.zeros(3, 2)))
+    assert p.strip_indices() == [0]
+    assert p.static_strip().startswith(PNG_MAGIC)
+    p.slider.value = 0
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(frames=[]), "frames"),
+    (dict(frames=(x for x in [])), "frames"),
+    (dict(frames=None), "frames"),
+    (dict(frames=[1, 2], labels=["only one"]), "labels"),
+    (dict(frames=[1, 2], labels="ab"), "labels"),
+    (dict(frames=[1, 2], render=None), "render"),
+    (dict(frames=[1, 2], side="not callable"), "side"),
+    (dict(frames=[1, 2], interval_ms=0), "interval_ms"),
+    (dict(frames=[1, 2], start=2), "start"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, word):
+    kwargs.setdefault("render", lambda f: digits_png(np.zeros((8, 8))))
+    frames = kwargs.pop("frames")
+    with pytest.raises(ValueError, match=word):
+        ChainPlayer(frames, **kwargs)
+
+
+def test_renderer_returning_wrong_type_or_failing_names_it():
+    with pytest.raises(TypeError, match="render"):
+        ChainPlayer([1], lambda f: "not a png")
+    with pytest.raises(ValueError, match="side"):
+        ChainPlayer([1], lambda f: digits_png(np.zeros((8, 8))), side=lambda f: b"not a png")
+    with pytest.raises(ZeroDivisionError, match="render failed on frame 1"):
+        ChainPlayer([1, 0], lambda f: digits_png(np.full((8, 8), 1 / f)))
+
+
+def test_to_png_and_viz_helpers():
+    fig = plt.figure()
+    assert to_png(fig).startswith(PNG_MAGIC)
+    assert not plt.fignum_exists(fig.number)
+    grid = decode_png(digits_png(torch.ones(6, 1, 8, 8), ncol=3, scale=2, pad=1))
+    assert grid.shape[:2] == ((2 * 9 + 1) * 2, (3 * 9 + 1) * 2)
+    assert scatter_png(np.random.default_rng(0).normal(size=(50, 2)), title="x").startswith(PNG_MAGIC)
+    assert curve_png(np.arange(10), np.arange(10) ** 2, at=4, logy=False).startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="captions"):
+        png_strip([[digits_png(np.zeros((8, 8)))]], captions=["a", "b"])
+    with pytest.raises(ValueError, match="points"):
+        scatter_png(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="images"):
+        digits_png(np.zeros((2, 3, 8, 8)))
