@@ -1,0 +1,232 @@
+"""minidiff.backend: what it accepts, what it refuses (errors name the argument), numba vs torch
+parity for the same seed, the versioned cache, and CUDA requests without a GPU."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from minidiff import GaussianMixture, Schedule
+from minidiff import backend as B
+
+S = Schedule.linear(T=100)
+
+
+def calls(x, s=S):
+    """Every public update with small valid arguments, as (name, thunk(backend, x))."""
+    e = torch.ones_like(x) * 0.3 if isinstance(x, torch.Tensor) else np.ones_like(x) * 0.3
+    return {
+        "q_sample": lambda bk, x=x: B.q_sample(x, 5, None, s, seed=1, backend=bk),
+        "ddpm": lambda bk, x=x: B.ddpm_step(x, e, 50, s, seed=1, clip_x0=1.0, backend=bk),
+        "ddim": lambda bk, x=x: B.ddim_step(x, e, 50, 10, s, eta=1.0, seed=1, backend=bk),
+        "langevin": lambda bk, x=x: B.langevin_step(x, e, 0.1, seed=1, backend=bk),
+        "sde": lambda bk, x=x: B.reverse_sde_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, seed=1, backend=bk),
+        "pf_euler": lambda bk, x=x: B.pf_ode_euler_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, backend=bk),
+        "pf_heun": lambda bk, x=x: B.pf_ode_heun_step(x, e, x, e, drift_coef=-0.5, diffusion=1.0,
+                                                      drift_coef_next=-0.4, diffusion_next=0.9, dt=0.01, backend=bk),
+        "ftcs1d": lambda bk, x=x: B.ftcs_step_1d(x, 0.4, 1.0, 1.0, bc="neumann", backend=bk),
+        "ftcs2d": lambda bk, x=x: B.ftcs_step_2d(x, 0.2, 1.0, 1.0, bc="dirichlet", backend=bk),
+        "walker": lambda bk, x=x: B.walker_step(x, 0.5, 0.1, drift_coef=-1.0, seed=1, backend=bk),
+    }
+
+
+NAMES = list(calls(torch.zeros(1, 1, 1)))
+
+
+def as_tuple(r):
+    return r if isinstance(r, tuple) else (r,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_and_torch_backends_agree_for_the_same_seed(name, dtype):
+    x = torch.randn(3, 6, 7, dtype=dtype)
+    got, want = as_tuple(calls(x)[name]("numba")), as_tuple(calls(x)[name]("torch"))
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == x.shape
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numpy_in_numpy_out_and_torch_in_torch_out(name):
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    r_np = as_tuple(calls(x)[name]("numba"))
+    r_t = as_tuple(calls(torch.from_numpy(x))[name]("numba"))
+    for a, b in zip(r_np, r_t):
+        assert isinstance(a, np.ndarray) and isinstance(b, torch.Tensor)
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_input(name):
+    base = torch.randn(4, 7, 6, dtype=torch.float64)
+    x = base.transpose(1, 2)
+    assert not x.is_contiguous()
+    for a, b in zip(as_tuple(calls(x)[name]("numba")), as_tuple(calls(x.contiguous())[name]("numba"))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_empty_batch_returns_empty(name, backend):
+    x = torch.zeros(0, 4, 5)
+    for r in as_tuple(calls(x)[name](backend)):
+        assert r.shape == x.shape and r.dtype == x.dtype
+
+
+def test_inputs_are_not_modified_and_outputs_are_fresh():
+    x = torch.randn(3, 10)
+    x0 = x.clone()
+    out = B.langevin_step(x, x, 0.1, seed=0)
+    assert torch.equal(x, x0) and out.data_ptr() != x.data_ptr()
+
+
+def test_in_kernel_noise_equals_backend_normal():
+    x = torch.zeros(3, 2, 9)
+    got = B.langevin_step(x, x, 1.0, seed=42, step=5)
+    torch.testing.assert_close(got, B.normal(x.shape, 42, 5), rtol=0, atol=0)
+    got = B.q_sample(x, torch.tensor([0, 5, 9]), 42, S, step=5)
+    torch.testing.assert_close(got, B.normal(x.shape, 42, 5) * torch.as_tensor(
+        S.sqrt_one_minus_alpha_bar[[0, 5, 9]], dtype=torch.float32).view(3, 1, 1))
+
+
+# ---------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
+def test_unsupported_dtype_raises_type_error_naming_the_argument(dtype):
+    x = torch.zeros(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        B.langevin_step(x, x, 0.1, seed=0)
+    with pytest.raises(TypeError, match="x0 must be float32 or float64"):
+        B.q_sample(x, 0, 1, S)
+    with pytest.raises(TypeError, match="u must be float32 or float64"):
+        B.ftcs_step_1d(x, 1, 0.1, 1)
+
+
+def test_mismatched_shapes_and_dtypes_name_the_argument():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="eps must have shape"):
+        B.ddpm_step(x, torch.zeros(2, 4), 3, S, seed=0)
+    with pytest.raises(TypeError, match="eps must have dtype"):
+        B.ddim_step(x, torch.zeros(2, 3, dtype=torch.float64), 3, 2, S)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        B.langevin_step(x, x, 0.1, noise=torch.zeros(3, 3))
+    with pytest.raises(TypeError, match="noise must have dtype"):
+        B.q_sample(x, 0, torch.zeros(2, 3, dtype=torch.float64), S)
+    with pytest.raises(ValueError, match="score_euler must have shape"):
+        B.pf_ode_heun_step(x, x, x, torch.zeros(1, 3), drift_coef=0, diffusion=1, drift_coef_next=0,
+                           diffusion_next=1, dt=0.1)
+    with pytest.raises(ValueError, match="t_index must be a scalar or have one entry per sample"):
+        B.q_sample(x, [1, 2, 3], 0, S)
+
+
+def test_t_index_outside_schedule_raises_index_error_naming_it():
+    x = torch.zeros(2, 3)
+    with pytest.raises(IndexError, match="t_index"):
+        B.q_sample(x, torch.tensor([0, S.T]), 0, S)
+    with pytest.raises(IndexError, match="t_index"):
+        B.q_sample(x, -1, 0, S)
+    with pytest.raises(IndexError, match="t_index"):
+        B.ddpm_step(x, x, S.T, S, seed=0)
+    with pytest.raises(IndexError, match="t_index_prev"):
+        B.ddim_step(x, x, 5, -2, S)
+    with pytest.raises(ValueError, match="t_index_prev must be < t_index"):
+        B.ddim_step(x, x, 5, 5, S)
+
+
+def test_missing_noise_and_seed_and_bad_step():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="noise=.*seed="):
+        B.langevin_step(x, x, 0.1)
+    with pytest.raises(ValueError, match="step must be"):
+        B.langevin_step(x, x, 0.1, seed=0, step=-1)
+    B.ddpm_step(x, x, 0, S)  # t_index 0 adds no noise: neither needed
+    B.ddim_step(x, x, 5, 2, S, eta=0.0)
+
+
+@pytest.mark.parametrize("fn,bound,shape", [(B.ftcs_step_1d, 0.5, (2, 10)), (B.ftcs_step_2d, 0.25, (2, 6, 6))])
+def test_unstable_stencil_raises_unless_allowed(fn, bound, shape):
+    u = torch.zeros(shape, dtype=torch.float64)
+    u[(..., 3) if len(shape) == 2 else (..., 3, 3)] = 1.0  # a point: contains the checkerboard mode
+    dt = 1.01 * bound  # D = dx = 1
+    with pytest.raises(ValueError, match=r"r = D dt / dx\^2 = .* exceeds the bound " + str(bound)):
+        fn(u, 1.0, dt, 1.0)
+    for backend in ("numba", "torch"):
+        v = u
+        for _ in range(100):
+            v = fn(v, 1.0, 2 * bound, 1.0, allow_unstable=True, backend=backend)
+        assert float(v.abs().max()) > 1e6  # the checkerboard mode grows: the blow-up notebook 01 shows
+    with pytest.raises(ValueError, match="bc must be one of"):
+        fn(u, 1.0, 0.1, 1.0, bc="open")
+    with pytest.raises(ValueError, match="dx must be > 0"):
+        fn(u, 1.0, 0.1, 0.0)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        B.langevin_step(torch.zeros(1, 1), torch.zeros(1, 1), 0.1, seed=0, backend="jax")
+
+
+def test_use_backend_switches_the_default():
+    assert B.get_backend() == "numba"
+    with B.use_backend("torch"):
+        assert B.get_backend() == "torch"
+    assert B.get_backend() == "numba"
+
+
+# ---------------------------------------------------------------------------- CUDA without a GPU
+def test_cuda_request_without_gpu_raises_runtime_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        B.normal((2, 3), 0, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        B._cuda_kernels()
+
+
+def test_import_minidiff_imports_no_numba():
+    code = "import minidiff, minidiff.backend, sys; assert 'numba' not in sys.modules, 'numba imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------- cache
+def test_kernels_cache_in_a_versioned_directory(tmp_path, monkeypatch):
+    from minidiff.kernels import _cache, cpu
+
+    d = _cache.cache_dir()
+    assert d.name.startswith("numba-") and _cache.source_hash() in d.name
+    assert cpu.q_sample._cache._cache_path.startswith(str(d))
+    # editing any kernel source (a called function in formulas.py included) changes the directory
+    for name in _cache._SOURCES:
+        (tmp_path / name).write_bytes((_cache.PACKAGE_DIR / name).read_bytes())
+    monkeypatch.setattr(_cache, "PACKAGE_DIR", tmp_path)
+    _cache.source_hash.cache_clear()
+    try:
+        same = _cache.source_hash()
+        (tmp_path / "formulas.py").write_text((tmp_path / "formulas.py").read_text() + "\n# edit\n")
+        _cache.source_hash.cache_clear()
+        assert _cache.source_hash() != same
+    finally:
+        _cache.source_hash.cache_clear()
+
+
+# ---------------------------------------------------------------------------- a whole sampler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ddpm_sampling_same_samples_through_both_backends(dtype):
+    """Ancestral sampling of a 2-D Gaussian mixture with its exact eps: numba and torch agree."""
+    s = Schedule.linear(T=50)
+    gm = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]], 0.2)
+    model = gm.eps_model(s)
+    outs = {}
+    for bk in ("numba", "torch"):
+        x = B.normal((256, 2), seed=3, step=10**6, dtype=dtype)
+        for i, t in enumerate(range(s.T - 1, -1, -1)):
+            x, _ = B.ddpm_step(x, model(x, t), t, s, seed=3, step=i, backend=bk)
+        outs[bk] = x
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(outs["numba"], outs["torch"], rtol=tol, atol=tol)
+    assert math.isfinite(float(outs["numba"].abs().max()))

@@ -1,0 +1,188 @@
+"""Every kernel (through minidiff.backend, backend="numba") against the naive float64 references in
+tests/naive.py, over random shapes, dtypes and per-sample indices; plus the edge cases."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import naive
+from minidiff import Schedule
+from minidiff import backend as B
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DTYPES = [np.float32, np.float64]
+
+
+def tol(dtype):
+    return 2e-6 if dtype == np.float32 else 1e-12
+
+
+def close(got, want, dtype):
+    """Within a few ulps of the float64 reference (relative to the largest magnitude)."""
+    got = np.asarray(got, dtype=np.float64)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=tol(dtype), atol=tol(dtype) * scale)
+
+
+@st.composite
+def problems(draw, min_batch=1):
+    """(schedule, x of random shape and dtype, rng)."""
+    T = draw(st.integers(1, 60))
+    batch = draw(st.integers(min_batch, 5))
+    feat = draw(st.lists(st.integers(1, 9), min_size=0, max_size=3))
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((batch, *feat)).astype(dtype)
+    return Schedule.linear(T=T), x, rng
+
+
+def randn_like(rng, x):
+    return rng.standard_normal(x.shape).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------- forward noising
+@SETTINGS
+@given(problems(), st.booleans(), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
+def test_q_sample(p, given_noise, seed, step):
+    s, x, rng = p
+    t = rng.integers(0, s.T, size=x.shape[0])
+    if given_noise:
+        eps = randn_like(rng, x)
+        got = B.q_sample(x, t, eps, s, backend="numba")
+    else:
+        eps = naive.normals(x.shape, seed, step)
+        got = B.q_sample(x, t, None, s, seed=seed, step=step, backend="numba")
+    assert isinstance(got, np.ndarray) and got.dtype == x.dtype and got.shape == x.shape
+    close(got, naive.q_sample(x, t, eps, s), x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_q_sample_edges_batch_one_first_and_last_index(dtype):
+    s = Schedule.cosine(T=100)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(dtype)
+    for t in (0, s.T - 1):
+        got = B.q_sample(x, t, None, s, seed=7, backend="numba")
+        close(got, naive.q_sample(x, [t], naive.normals(x.shape, 7, 0), s), dtype)
+
+
+# ---------------------------------------------------------------------------- samplers
+@SETTINGS
+@given(problems(), st.data())
+def test_ddpm(p, data):
+    s, x, rng = p
+    eps = randn_like(rng, x)
+    t = data.draw(st.integers(0, s.T - 1))
+    clip = data.draw(st.sampled_from([None, 1.0, 3.0]))
+    if data.draw(st.booleans()):
+        z = randn_like(rng, x)
+        got = B.ddpm_step(x, eps, t, s, noise=z, clip_x0=clip, backend="numba")
+    else:
+        z = naive.normals(x.shape, 11, 3)
+        got = B.ddpm_step(x, eps, t, s, seed=11, step=3, clip_x0=clip, backend="numba")
+    want = naive.ddpm(x, eps, t, s, z, clip)
+    for g, w in zip(got, want):
+        assert g.dtype == x.dtype
+        close(g, w, x.dtype)
+
+
+@SETTINGS
+@given(problems(), st.data())
+def test_ddim(p, data):
+    s, x, rng = p
+    eps = randn_like(rng, x)
+    t = data.draw(st.integers(0, s.T - 1))
+    t_prev = data.draw(st.integers(-1, t - 1))
+    eta = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    clip = data.draw(st.sampled_from([None, 1.0]))
+    z = naive.normals(x.shape, 5, 9)
+    got = B.ddim_step(x, eps, t, t_prev, s, eta=eta, seed=5, step=9, clip_x0=clip, backend="numba")
+    for g, w in zip(got, naive.ddim(x, eps, t, t_prev, s, eta, z, clip)):
+        close(g, w, x.dtype)
+
+
+@SETTINGS
+@given(problems(), st.floats(1e-4, 1.0), st.booleans())
+def test_langevin(p, h, given_noise):
+    s, x, rng = p
+    score = randn_like(rng, x)
+    z = randn_like(rng, x) if given_noise else naive.normals(x.shape, 2, 1)
+    kw = dict(noise=z) if given_noise else dict(seed=2, step=1)
+    close(B.langevin_step(x, score, h, backend="numba", **kw), naive.langevin(x, score, h, z), x.dtype)
+
+
+@SETTINGS
+@given(problems(), st.floats(-2, 2), st.floats(0, 10), st.floats(1e-4, 0.1))
+def test_reverse_sde(p, f, g, dt):
+    s, x, rng = p
+    score = randn_like(rng, x)
+    z = naive.normals(x.shape, 3, 4)
+    got = B.reverse_sde_step(x, score, drift_coef=f, diffusion=g, dt=dt, seed=3, step=4, backend="numba")
+    close(got, naive.reverse_sde(x, score, f, g, dt, z), x.dtype)
+
+
+@SETTINGS
+@given(problems(), st.floats(-2, 2), st.floats(0, 10), st.floats(1e-4, 0.1))
+def test_pf_ode_euler_and_heun(p, f, g, dt):
+    s, x, rng = p
+    score, xe, se = randn_like(rng, x), randn_like(rng, x), randn_like(rng, x)
+    close(B.pf_ode_euler_step(x, score, drift_coef=f, diffusion=g, dt=dt, backend="numba"),
+          naive.pf_euler(x, score, f, g, dt), x.dtype)
+    got = B.pf_ode_heun_step(x, score, xe, se, drift_coef=f, diffusion=g, drift_coef_next=f / 2,
+                             diffusion_next=g * 0.9, dt=dt, backend="numba")
+    close(got, naive.pf_heun(x, score, xe, se, f, g, f / 2, g * 0.9, dt), x.dtype)
+
+
+@SETTINGS
+@given(st.integers(1, 300), st.integers(1, 3), st.sampled_from(DTYPES), st.floats(0, 2),
+       st.floats(-1, 1), st.integers(0, 2**63))
+def test_walkers(n, d, dtype, D, drift, seed):
+    x = np.random.default_rng(seed % 2**32).standard_normal((n, d)).astype(dtype)
+    got = B.walker_step(x, D, 0.01, drift_coef=drift, seed=seed, step=17, backend="numba")
+    close(got, naive.walker(x, D, 0.01, drift, naive.normals(x.shape, seed, 17)), dtype)
+
+
+# ---------------------------------------------------------------------------- stencils
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 40), st.sampled_from(DTYPES), st.sampled_from(B.BOUNDARY_CONDITIONS),
+       st.floats(0, 0.5))
+def test_ftcs_1d(batch, n, dtype, bc, r):
+    u = np.random.default_rng(n).standard_normal((batch, n)).astype(dtype)
+    got = B.ftcs_step_1d(u, r, 1.0, 1.0, bc=bc, backend="numba")
+    close(got, naive.ftcs1d(u, r, bc), dtype)
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), st.sampled_from(DTYPES),
+       st.sampled_from(B.BOUNDARY_CONDITIONS), st.floats(0, 0.25))
+def test_ftcs_2d(batch, H, W, dtype, bc, r):
+    u = np.random.default_rng(H * W).standard_normal((batch, H, W)).astype(dtype)
+    got = B.ftcs_step_2d(u, r, 1.0, 1.0, bc=bc, backend="numba")
+    close(got, naive.ftcs2d(u, r, bc), dtype)
+
+
+@pytest.mark.parametrize("bc", ["periodic", "dirichlet", "neumann"])
+def test_ftcs_1d_long_rows_split_across_tasks(bc):
+    """Rows longer than one task (CHUNK elements) are split; boundaries still right."""
+    u = np.random.default_rng(1).standard_normal((2, 40003))
+    close(B.ftcs_step_1d(u, 0.4, 1.0, 1.0, bc=bc, backend="numba"), naive.ftcs1d(u, 0.4, bc), np.float64)
+
+
+def test_ftcs_conserves_mass_for_periodic_and_zero_flux():
+    u = np.random.default_rng(0).random((3, 50, 40))
+    for bc in ("periodic", "neumann"):
+        np.testing.assert_allclose(B.ftcs_step_2d(u, 0.2, 1.0, 1.0, bc=bc).sum((1, 2)), u.sum((1, 2)), rtol=1e-12)
+        np.testing.assert_allclose(B.ftcs_step_1d(u[:, 0], 0.4, 1.0, 1.0, bc=bc).sum(1), u[:, 0].sum(1), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- kernels never trust indices
+def test_q_sample_kernel_writes_nan_for_out_of_range_index_and_stays_in_bounds():
+    from minidiff.kernels import cpu
+
+    s = Schedule.linear(T=10)
+    x = np.ones((4, 5))
+    out = np.zeros((4, 5))
+    t = np.array([0, -1, 10, 9], dtype=np.int64)
+    cpu.q_sample(x, x, t, s.sqrt_alpha_bar, s.sqrt_one_minus_alpha_bar, 1, 0, 0, 0, out)
+    assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+    close(out[[0, 3]], naive.q_sample(x[[0, 3]], [0, 9], x[[0, 3]], s), np.float64)
