@@ -1,18 +1,21 @@
 """Every update formula of the course, written once as plain scalar Python.
 
-Nothing here imports numba. :func:`compile_device_functions` compiles the scalar functions for a
+Nothing here imports numba (only numpy, for the float64 cast). :func:`compile_device_functions` compiles the scalar functions for a
 target (``numba.njit`` in :mod:`minidiff.kernels.cpu`, ``numba.cuda.jit(device=True)`` in
 :mod:`minidiff.kernels.cuda`); the kernels there are only loops that call them. The host helpers
 (``*_coefficients``) turn a step's scalars into the float64 coefficients the kernels take.
 
 Integers are int64 with explicit 32-bit masks, so the same text gives the same bits in CPython, in
-numba on the CPU, on a GPU and in the CUDA simulator. Arithmetic is float64; a kernel rounds once
-when it stores into a float32 array.
+numba on the CPU, on a GPU and in the CUDA simulator. Arithmetic is float64: array values pass through
+``f64()`` (``numpy.float64``; numba's ``float()`` would keep float32, and NumPy's float32 scalars in the
+simulator would compute in float32); a kernel rounds once when it stores into a float32 array.
 """
 from __future__ import annotations
 
 import math
 import types
+
+from numpy import float64 as f64  # a cast to float64 in CPython, numba CPU and CUDA alike
 
 MASK32 = 0xFFFFFFFF
 # Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, Sec. 4.2; Random123's philox.h).
@@ -95,19 +98,19 @@ def clip(v, c):
 def q_sample_elem(x0, eps, a, s):
     """Forward noising ``a x0 + s eps``, ``a = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)``
     (Ho et al. 2020, eq. 4)."""
-    return a * x0 + s * eps
+    return a * f64(x0) + s * f64(eps)
 
 
 def x0_from_eps(x, eps, sa, s1, c):
     """``x0_hat = (x - sqrt(1-ab) eps) / sqrt(ab)``, clamped to ``[-c, c]`` (Ho et al. 2020, eq. 15)."""
-    return clip((x - s1 * eps) / sa, c)
+    return clip((f64(x) - s1 * f64(eps)) / sa, c)
 
 
 def ddpm_elem(x, eps, z, sa, s1, c, cx0, cx, std):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2, posterior-mean form eq. 7):
     ``x_prev = cx0 x0_hat + cx x + std z``. Returns ``(x_prev, x0_hat)``."""
     x0 = x0_from_eps(x, eps, sa, s1, c)
-    return cx0 * x0 + cx * x + std * z, x0
+    return cx0 * x0 + cx * f64(x) + std * f64(z), x0
 
 
 def ddim_elem(x, eps, z, sa, s1, c, recompute_eps, sap, cdir, sigma):
@@ -115,21 +118,20 @@ def ddim_elem(x, eps, z, sa, s1, c, recompute_eps, sap, cdir, sigma):
     ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma z``; with clipping,
     ``eps`` is recomputed from the clipped ``x0_hat``. Returns ``(x_prev, x0_hat)``."""
     x0 = x0_from_eps(x, eps, sa, s1, c)
-    if recompute_eps:
-        eps = (x - sa * x0) / s1
-    return sap * x0 + cdir * eps + sigma * z, x0
+    e = (f64(x) - sa * x0) / s1 if recompute_eps else f64(eps)
+    return sap * x0 + cdir * e + sigma * f64(z), x0
 
 
 def em_elem(x, score, z, cx, cs, cz):
     """Euler-Maruyama step of a linear-drift SDE, ``cx x + cs score + cz z``: Langevin,
     reverse VP/VE SDE, probability-flow Euler and Brownian walkers (see the ``*_coefficients``)."""
-    return cx * x + cs * score + cz * z
+    return cx * f64(x) + cs * f64(score) + cz * f64(z)
 
 
 def heun_elem(x, score, xe, se, cx, cs, cxe, cse):
     """Heun (trapezoidal) step of the PF ODE, ``cx x + cs score + cxe x_euler + cse score_euler``
     (Karras et al. 2022, Alg. 1, lines 9-11; coefficients from :func:`heun_coefficients`)."""
-    return cx * x + cs * score + cxe * xe + cse * se
+    return cx * f64(x) + cs * f64(score) + cxe * f64(xe) + cse * f64(se)
 
 
 BC_PERIODIC, BC_DIRICHLET, BC_NEUMANN = 0, 1, 2  # boundary conditions of the stencils
@@ -148,12 +150,12 @@ def wrap_index(j, n, bc):
 
 def ftcs_elem(c, left, right, r):
     """FTCS update of ``u_t = D u_xx``: ``u_i + r (u_{i-1} - 2 u_i + u_{i+1})``, ``r = D dt / dx^2``."""
-    return c + r * (left - 2.0 * c + right)
+    return f64(c) + r * (f64(left) - 2.0 * f64(c) + f64(right))
 
 
 def ftcs2_elem(c, left, right, up, down, r):
     """5-point FTCS update of ``u_t = D (u_xx + u_yy)``: ``u + r (sum of 4 neighbours - 4 u)``."""
-    return c + r * (left + right + up + down - 4.0 * c)
+    return f64(c) + r * ((f64(left) + f64(right)) + (f64(up) + f64(down)) - 4.0 * f64(c))
 
 
 DEVICE_FUNCTIONS = ("philox_round", "philox4x32_10", "box_muller", "normal4", "lane", "clip",
