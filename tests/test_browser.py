@@ -161,23 +161,20 @@ IMAGE_DIGEST = """async (img) => {
 # The first chain player: the nearest widget box around the first Play button holding an image.
 PLAYER_XPATH = ("xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' widget-box ')]"
                 "[.//img][1]")
-LABEL_SELECTOR = ".widget-label:not(.widget-slider .widget-label), .widget-html-content"
+# The player's step label: its Label (not the slider's description) and its title.
+LABEL_TEXT = """(el) => Array.from(el.querySelectorAll('.widget-label, .widget-html-content'))
+    .filter(e => !e.closest('.widget-slider'))
+    .map(e => e.textContent.trim()).filter(s => s).join(' | ')"""
+# textContent, not innerText: JupyterLab skips rendering off-screen cells (content-visibility), and
+# innerText of an unrendered element is empty.
 
 
 def _label_text(player) -> str:
-    texts = [t.strip() for t in player.locator(LABEL_SELECTOR).all_inner_texts()]
-    return " | ".join(t for t in texts if t)
+    return player.evaluate(LABEL_TEXT)
 
 
-def _wait_label_change(page, player, old: str):
-    handle = player.element_handle()
-    page.wait_for_function(
-        """([el, sel, old]) => {
-             const t = Array.from(el.querySelectorAll(sel)).map(e => e.innerText.trim())
-                            .filter(s => s).join(' | ');
-             return t !== old;
-           }""",
-        arg=[handle, LABEL_SELECTOR, old])
+def _wait_label_change(page, player, old: str) -> str:
+    page.wait_for_function(f"([el, old]) => ({LABEL_TEXT})(el) !== old", arg=[player.element_handle(), old])
     return _label_text(player)
 
 
@@ -231,7 +228,7 @@ def test_notebook_runs_and_chain_player_steps(lab, page, notebook):
         raise
     finally:
         try:  # put the player at the top of the screenshot when there is one
-            page.locator(".jp-NotebookPanel .widget-play").first.evaluate(
+            page.locator(".jp-NotebookPanel .widget-play").first.locator(PLAYER_XPATH).evaluate(
                 "el => el.scrollIntoView({block: 'start'})", timeout=5_000)
         except Exception:
             pass
