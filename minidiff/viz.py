@@ -144,9 +144,10 @@ def curve_png(x, y, *, at=None, xlabel: str = "", ylabel: str = "", title: str |
 
 
 def png_strip(rows: Sequence[Sequence[bytes]], captions: Sequence[str] | None = None, *,
-              title: str | None = None, panel_width: float = 2.0, dpi: int = 80) -> bytes:
+              title: str | None = None, max_width_px: int = 1400, dpi: int = 80) -> bytes:
     """Lay out PNGs in a grid (``rows[r][c]``), one caption per column, as one PNG: the static
-    figure strip a chain player shows where no widget front end is present."""
+    figure strip a chain player shows where no widget front end is present. Panels keep their
+    native size unless the strip would be wider than ``max_width_px``, then all shrink together."""
     rows = [list(r) for r in rows]
     if not rows or not rows[0]:
         raise ValueError("png_strip needs at least one image")
@@ -156,18 +157,25 @@ def png_strip(rows: Sequence[Sequence[bytes]], captions: Sequence[str] | None = 
     if captions is not None and len(captions) != ncol:
         raise ValueError(f"captions must have one entry per column ({ncol}), got {len(captions)}")
     decoded = [[decode_png(p) for p in r] for r in rows]
-    heights = [max(im.shape[0] / im.shape[1] for im in r) for r in decoded]
-    fig_h = sum(h * panel_width for h in heights) + 0.35 * len(rows) + (0.35 if title else 0.0)
-    fig = new_figure((panel_width * ncol, fig_h), dpi)
-    axes = fig.subplots(len(rows), ncol, squeeze=False, gridspec_kw={"height_ratios": heights})
+    col_w = [max(decoded[r][c].shape[1] for r in range(len(rows))) for c in range(ncol)]
+    row_h = [max(im.shape[0] for im in r) for r in decoded]
+    scale = min(1.0, max_width_px / sum(col_w))
+    cap_px, title_px = (18 if captions is not None else 0), (28 if title else 0)
+    width = sum(col_w) * scale / dpi
+    height = (sum(row_h) * scale + cap_px * len(rows) + title_px) / dpi
+    fig = new_figure((width, height), dpi)
+    axes = fig.subplots(len(rows), ncol, squeeze=False,
+                        gridspec_kw={"height_ratios": row_h, "width_ratios": col_w,
+                                     "left": 0, "right": 1, "bottom": 0,
+                                     "top": 1 - title_px / (height * dpi), "wspace": 0.02,
+                                     "hspace": cap_px / max(1.0, sum(row_h) * scale / len(rows))})
     for r, row in enumerate(decoded):
         for c, im in enumerate(row):
             ax = axes[r][c]
-            ax.imshow(im, interpolation="nearest")
+            ax.imshow(im, interpolation="antialiased")
             ax.set_axis_off()
             if r == 0 and captions is not None:
-                ax.set_title(captions[c], fontsize=8)
+                ax.set_title(captions[c], fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10, y=1 - 4 / (height * dpi), va="top")
     return figure_to_png(fig)
