@@ -1,4 +1,10 @@
 """minidiff.kernels: the compiled-kernel core (installed from the top-level ``kernels/`` folder).
 
+* :mod:`.formulas` -- every update formula and Philox4x32-10 as plain scalar Python (no numba import).
+* :mod:`.cpu` -- ``njit(parallel=True, cache=True)`` loops around them.
+* :mod:`.cuda` -- ``cuda.jit`` grid-stride loops around them; the only module importing ``numba.cuda``.
+* :mod:`._cache` -- the versioned on-disk cache directory for both.
+* :mod:`.bench` -- ``python -m minidiff.kernels.bench`` (figures in kernels/BENCHMARKS.md).
+
 Only :mod:`minidiff.backend` imports from here, inside functions, so ``import minidiff`` stays fast.
 """
