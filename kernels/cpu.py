@@ -11,6 +11,7 @@ lies outside the table gets NaN (the dispatcher raises before launching anyway).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -24,7 +25,24 @@ em_elem, heun_elem, ftcs_elem, ftcs2_elem = _f["em_elem"], _f["heun_elem"], _f["
 philox4x32_10, wrap_index = _f["philox4x32_10"], _f["wrap_index"]
 
 CHUNK = 16384  # elements per task; a multiple of 4
+SERIAL_BELOW = 1 << 17  # elements: below this, one thread beats waking the pool (noise-free kernels)
+SERIAL_BELOW_NOISE = 1 << 13  # the same for kernels drawing normals (about 20x more work an element)
 _kernel = njit(parallel=True, cache=True)
+
+
+def run(kernel, args, size: int, draws_noise: bool) -> None:
+    """Call ``kernel(*args)``; small problems run on the calling thread only (``set_num_threads(1)``
+    for the call), as a parallel region costs tens of microseconds, and milliseconds when the cores
+    are oversubscribed. Results do not depend on the thread count."""
+    if size >= (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW):
+        kernel(*args)
+        return
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(old)
 
 
 @njit(cache=True)
@@ -46,6 +64,13 @@ def _bounds(task, B, n, per_row, rows):
         return b, b + 1, j * CHUNK, min(n, (j + 1) * CHUNK)
     b0 = task * rows
     return b0, min(B, b0 + rows), 0, n
+
+
+@njit(cache=True)
+def _same_shape(a, b):
+    """Kernels do not trust their callers: arrays that would be read or written out of bounds raise."""
+    if a.shape != b.shape:
+        raise ValueError("kernel arrays must all have the same shape")
 
 
 # ---------------------------------------------------------------------------- noise
@@ -74,6 +99,10 @@ def philox_block(c0, c1, c2, c3, k0, k1):
 def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
     (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it."""
+    _same_shape(x0, eps)
+    _same_shape(x0, out)
+    if t_index.shape[0] != x0.shape[0]:
+        raise ValueError("t_index must have one entry per sample")
     B, n = x0.shape
     T = sqrt_ab.shape[0]
     ntask, per_row, rows = _tasks(B, n)
@@ -100,6 +129,10 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
 @_kernel
 def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
+    _same_shape(x, eps)
+    _same_shape(x, noise)
+    _same_shape(x, out)
+    _same_shape(x, x0_out)
     B, n = x.shape
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
@@ -123,6 +156,10 @@ def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out
 @_kernel
 def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out, x0_out):
     """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    _same_shape(x, eps)
+    _same_shape(x, noise)
+    _same_shape(x, out)
+    _same_shape(x, x0_out)
     B, n = x.shape
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
@@ -149,6 +186,9 @@ def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1
 def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
     """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
     walkers; see ``formulas.*_coefficients``)."""
+    _same_shape(x, score)
+    _same_shape(x, noise)
+    _same_shape(x, out)
     B, n = x.shape
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
@@ -171,6 +211,10 @@ def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
 @_kernel
 def heun(x, score, xe, se, cx, cs, cxe, cse, out):
     """PF-ODE Heun correction (Karras et al. 2022, Alg. 1, lines 9-11)."""
+    _same_shape(x, score)
+    _same_shape(x, xe)
+    _same_shape(x, se)
+    _same_shape(x, out)
     B, n = x.shape
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
@@ -192,6 +236,7 @@ def _ftcs_edge(u, b, i, n, r, bc, out):
 @_kernel
 def ftcs1d(u, r, bc, out):
     """FTCS step of the 1-D diffusion equation on rows of ``u`` (B, N)."""
+    _same_shape(u, out)
     B, n = u.shape
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
@@ -226,6 +271,7 @@ def _ftcs2_row(u, b, y, r, bc, out):
 @_kernel
 def ftcs2d(u, r, bc, out):
     """5-point FTCS step of the 2-D diffusion equation on ``u`` (B, H, W); prange over rows."""
+    _same_shape(u, out)
     B, H = u.shape[0], u.shape[1]
     for task in prange(B * H):
         b = task // H

@@ -172,7 +172,7 @@ def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
     return t.reshape((-1,) + tuple(t.shape[t.ndim - space_dims:]))
 
 
-def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0):
+def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False):
     """Run kernel ``name`` (CPU or CUDA after ``like``'s device); tensor args are viewed by :func:`_rows`,
     numpy args (index tables) are passed as they are (copied to the GPU for CUDA)."""
     if like.device.type == "cuda":
@@ -187,7 +187,8 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0):
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
     host = [_rows(a, space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
-    getattr(_cpu_kernels(), name)(*host)
+    cpu = _cpu_kernels()
+    cpu.run(getattr(cpu, name), host, like.numel(), draws_noise)
 
 
 def _cpu_kernels():
@@ -232,7 +233,7 @@ def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu"
         _cuda_kernels()
     out = torch.empty(shape, dtype=dtype, device=device)
     if out.numel():
-        _launch("normal_fill", out, [out] + _seed_args(seed, step))
+        _launch("normal_fill", out, [out] + _seed_args(seed, step), draws_noise=True)
     return out
 
 
@@ -260,7 +261,8 @@ def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, backend=None):
     out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     if out.numel():
         _launch("q_sample", x0, [x0, x0 if noise is None else noise, t, schedule.sqrt_alpha_bar,
-                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [out])
+                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [out],
+                draws_noise=mode == _NOISE_PHILOX)
     return _unwrap(out, numpy_in)
 
 
@@ -293,7 +295,7 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
     if x.numel():
         sa, s1, cx0, cx, std = coefs
         _launch("ddpm", x, [x, eps, x if noise is None else noise, sa, s1, c, cx0, cx, std, mode]
-                + _seed_args(seed, step) + [out, x0])
+                + _seed_args(seed, step) + [out, x0], draws_noise=mode == _NOISE_PHILOX)
     return _unwrap((out, x0), numpy_in)
 
 
@@ -334,7 +336,7 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
         x, memory_format=torch.contiguous_format)
     if x.numel():
         _launch("ddim", x, [x, eps, x if noise is None else noise, sa, s1, c, clip_x0 is not None, sap, cdir,
-                            sigma, mode] + _seed_args(seed, step) + [out, x0])
+                            sigma, mode] + _seed_args(seed, step) + [out, x0], draws_noise=mode == _NOISE_PHILOX)
     return _unwrap((out, x0), numpy_in)
 
 
@@ -361,7 +363,8 @@ def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend):
         return _unwrap(torch_fn(x, score, z), numpy_in)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel():
-        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [out])
+        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [out],
+                draws_noise=mode == _NOISE_PHILOX)
     return _unwrap(out, numpy_in)
 
 
