@@ -64,14 +64,10 @@ def box_muller(w0, w1):
     phi = (w1 & 0x3FFFFFFF) * HALF_PI_2_30
     c = r * math.cos(phi)
     s = r * math.sin(phi)
-    q = w1 >> 30
-    if q == 0:
-        return c, s
-    if q == 1:
-        return -s, c
-    if q == 2:
-        return -c, -s
-    return s, -c
+    q = w1 >> 30  # rotate (c, s) by q quarter turns, without branches: (c,s) (-s,c) (-c,-s) (s,-c)
+    a = s if q & 1 else c
+    b = c if q & 1 else s
+    return (1.0 - 2.0 * (((q + 1) >> 1) & 1)) * a, (1.0 - 2.0 * (q >> 1)) * b
 
 
 def normal4(k0, k1, group, sample, step):
