@@ -1,8 +1,9 @@
 """A versioned on-disk cache for the kernels.
 
-numba's cache notices edits to the file that defines a kernel, not to the functions it calls in other
-files (``formulas.py``). So every kernel in this package is cached under a directory named after a hash
-of all the package's kernel sources plus the numba version: editing any of them starts a fresh cache.
+numba's cache notices edits to the file that defines a kernel (``cpu.py``: its index stores that
+file's hash), not to the functions it calls in other files (``formulas.py``). So every kernel in this
+package is cached under a directory named after a hash of those other files (``formulas.py`` and this
+one) plus the numba version: editing a called function starts a fresh cache.
 
 Location: ``$MINIDIFF_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minidiff`` (``~/.cache/minidiff``),
 then ``numba-<numba version>-<hash>``. Functions defined outside this package keep numba's defaults.
@@ -18,12 +19,12 @@ import numba
 from numba.core import caching
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-_SOURCES = ("_cache.py", "formulas.py", "cpu.py", "cuda.py")
+_SOURCES = ("_cache.py", "formulas.py")  # what kernels call but numba does not track
 
 
 @functools.lru_cache(maxsize=1)
 def source_hash() -> str:
-    """sha256 over the kernel sources, first 16 hex digits."""
+    """sha256 over :data:`_SOURCES`, first 16 hex digits."""
     h = hashlib.sha256()
     for name in _SOURCES:
         p = PACKAGE_DIR / name

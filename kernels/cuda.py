@@ -10,6 +10,7 @@ Importing this module does not touch a GPU; :func:`is_available` does.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -36,6 +37,11 @@ def is_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id: int) -> int:
+    return 1 if SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
 def launch(kernel, work: int, *args, stream=0, blocks: int | None = None, threads: int | None = None):
     """Launch ``kernel`` over ``work`` items: by default enough blocks of ``THREADS`` for one item a
     thread, capped at 32 blocks per SM (the grid-stride loop covers the rest)."""
@@ -43,7 +49,7 @@ def launch(kernel, work: int, *args, stream=0, blocks: int | None = None, thread
         return
     threads = threads or THREADS
     if blocks is None:
-        sms = 1 if SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        sms = _sm_count(0 if SIMULATOR else cuda.get_current_device().id)
         blocks = max(1, min(math.ceil(work / threads), 32 * sms))
     kernel[blocks, threads, stream](*args)
 
@@ -198,9 +204,11 @@ def ftcs2d(u, r, bc, out):
                                       u[b, wrap_index(y - 1, H, bc), x], u[b, wrap_index(y + 1, H, bc), x], r)
 
 
-def launch_on_stream(kernel, work: int, args, stream_ptr: int):
-    """Launch on a foreign stream (torch's ``current_stream().cuda_stream``); arguments exporting
-    ``__cuda_array_interface__`` (torch CUDA tensors) are wrapped without a copy or a sync."""
-    stream = cuda.external_stream(stream_ptr)
-    dev = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a for a in args]
-    launch(kernel, work, *dev, stream=stream)
+def launch_on_stream(kernel, work: int, args, stream_ptr: int, device_index: int = 0):
+    """Launch on device ``device_index`` and a foreign stream (torch's ``current_stream().cuda_stream``);
+    arguments exporting ``__cuda_array_interface__`` (torch CUDA tensors) are wrapped without a copy
+    or a sync."""
+    with cuda.gpus[device_index]:
+        stream = cuda.external_stream(stream_ptr)
+        dev = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a for a in args]
+        launch(kernel, work, *dev, stream=stream)

@@ -181,8 +181,8 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
                else torch.as_tensor(np.array(a), device=like.device) if isinstance(a, np.ndarray) else a
                for a in args]
         work = like.numel()
-        with torch.cuda.device(like.device):
-            kc.launch_on_stream(getattr(kc, name), work, dev, torch.cuda.current_stream(like.device).cuda_stream)
+        index = like.device.index if like.device.index is not None else torch.cuda.current_device()
+        kc.launch_on_stream(getattr(kc, name), work, dev, torch.cuda.current_stream(index).cuda_stream, index)
         return
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
