@@ -157,10 +157,14 @@ class VPSDE(_LinearSDE):
         return math.exp(-self.integrated_beta(t))
 
     def discretize(self, t, dt):
-        """DDPM's step from ``t - dt`` to ``t`` as ``(drift_coef, diffusion)`` of a unit step
-        ``x_t = (1 + drift_coef) x_{t-dt} + diffusion z``: ``(sqrt(1 - beta_i) - 1, sqrt(beta_i))`` with
-        ``beta_i = beta(t) dt`` (Song et al. 2021b, eq. 10 and App. E; their ``VPSDE.discretize``)."""
-        beta_i = self.beta(t) * float(dt)
+        """The exact forward transition from ``t - dt`` to ``t`` as ``(drift_coef, diffusion)`` of a unit
+        step ``x_t = (1 + drift_coef) x_{t-dt} + diffusion z``: DDPM's ``(sqrt(1 - beta_i) - 1, sqrt(beta_i))``
+        with ``beta_i = 1 - exp(-int_{t-dt}^t beta) = beta(t) dt + O(dt^2)`` (Song et al. 2021b, eq. 10;
+        their ``VPSDE.discretize`` uses the first-order ``beta(t) dt``, which exceeds 1 for coarse grids).
+        The products of ``1 - beta_i`` telescope to :meth:`alpha_bar` exactly."""
+        t = check_t(t)
+        t_prev = max(t - float(dt), 0.0)
+        beta_i = -math.expm1(self.integrated_beta(t_prev) - self.integrated_beta(t))
         return math.sqrt(1.0 - beta_i) - 1.0, math.sqrt(beta_i)
 
     def to_schedule(self, T: int = 1000) -> Schedule:
