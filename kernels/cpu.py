@@ -73,6 +73,11 @@ def _same_shape(a, b):
         raise ValueError("kernel arrays must all have the same shape")
 
 
+# Inside a task, each row piece is sliced into 1-D views (``xr = x[b, i0:i1]``) and walked with
+# ``range(m)``: numba then knows the index is non-negative, skips wraparound checks and vectorizes
+# (twice as fast as indexing ``x[b, i]`` with ``i`` in ``range(i0, i1)``). Philox block ``i0 // 4 + j``
+# covers elements ``4 j .. 4 j + 3`` of the piece (``i0`` is a multiple of 4).
+
 # ---------------------------------------------------------------------------- noise
 @_kernel
 def normal_fill(out, k0, k1, step):
@@ -82,10 +87,12 @@ def normal_fill(out, k0, k1, step):
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
-            for g in range(i0 // 4, (i1 + 3) // 4):
-                z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-                for k in range(min(4, i1 - 4 * g)):
-                    out[b, 4 * g + k] = lane(z0, z1, z2, z3, k)
+            orow = out[b, i0:i1]
+            m = orow.shape[0]
+            for j in range((m + 3) // 4):
+                z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
+                for k in range(min(4, m - 4 * j)):
+                    orow[4 * j + k] = lane(z0, z1, z2, z3, k)
 
 
 @njit(cache=True)
@@ -109,20 +116,22 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
+            xr, er, orow = x0[b, i0:i1], eps[b, i0:i1], out[b, i0:i1]
+            m = orow.shape[0]
             t = t_index[b]
             if t < 0 or t >= T:
-                out[b, i0:i1] = np.nan
+                orow[:] = np.nan
                 continue
             a, s = sqrt_ab[t], sqrt_1mab[t]
             if mode == NOISE_GIVEN:
-                for i in range(i0, i1):
-                    out[b, i] = q_sample_elem(x0[b, i], eps[b, i], a, s)
+                for i in range(m):
+                    orow[i] = q_sample_elem(xr[i], er[i], a, s)
             else:
-                for g in range(i0 // 4, (i1 + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-                    for k in range(min(4, i1 - 4 * g)):
-                        i = 4 * g + k
-                        out[b, i] = q_sample_elem(x0[b, i], lane(z0, z1, z2, z3, k), a, s)
+                for j in range((m + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
+                    for k in range(min(4, m - 4 * j)):
+                        i = 4 * j + k
+                        orow[i] = q_sample_elem(xr[i], lane(z0, z1, z2, z3, k), a, s)
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -138,19 +147,20 @@ def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
+            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
+            m = orow.shape[0]
             if mode == NOISE_PHILOX:
-                for g in range(i0 // 4, (i1 + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-                    for k in range(min(4, i1 - 4 * g)):
-                        i = 4 * g + k
-                        out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                            sa, s1, c, cx0, cx, std)
+                for j in range((m + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
+                    for k in range(min(4, m - 4 * j)):
+                        i = 4 * j + k
+                        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], lane(z0, z1, z2, z3, k), sa, s1, c, cx0, cx, std)
             elif mode == NOISE_GIVEN:
-                for i in range(i0, i1):
-                    out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], noise[b, i], sa, s1, c, cx0, cx, std)
+                for i in range(m):
+                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], sa, s1, c, cx0, cx, std)
             else:
-                for i in range(i0, i1):
-                    out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], 0.0, sa, s1, c, cx0, cx, 0.0)
+                for i in range(m):
+                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], 0.0, sa, s1, c, cx0, cx, 0.0)
 
 
 @_kernel
@@ -165,21 +175,21 @@ def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
+            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
+            m = orow.shape[0]
             if mode == NOISE_PHILOX:
-                for g in range(i0 // 4, (i1 + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-                    for k in range(min(4, i1 - 4 * g)):
-                        i = 4 * g + k
-                        out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                            sa, s1, c, recompute_eps, sap, cdir, sigma)
+                for j in range((m + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
+                    for k in range(min(4, m - 4 * j)):
+                        i = 4 * j + k
+                        orow[i], x0row[i] = ddim_elem(xr[i], er[i], lane(z0, z1, z2, z3, k),
+                                                      sa, s1, c, recompute_eps, sap, cdir, sigma)
             elif mode == NOISE_GIVEN:
-                for i in range(i0, i1):
-                    out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], noise[b, i],
-                                                        sa, s1, c, recompute_eps, sap, cdir, sigma)
+                for i in range(m):
+                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, s1, c, recompute_eps, sap, cdir, sigma)
             else:
-                for i in range(i0, i1):
-                    out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], 0.0,
-                                                        sa, s1, c, recompute_eps, sap, cdir, 0.0)
+                for i in range(m):
+                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], 0.0, sa, s1, c, recompute_eps, sap, cdir, 0.0)
 
 
 @_kernel
@@ -194,18 +204,20 @@ def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
+            xr, sr, zr, orow = x[b, i0:i1], score[b, i0:i1], noise[b, i0:i1], out[b, i0:i1]
+            m = orow.shape[0]
             if mode == NOISE_PHILOX:
-                for g in range(i0 // 4, (i1 + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-                    for k in range(min(4, i1 - 4 * g)):
-                        i = 4 * g + k
-                        out[b, i] = em_elem(x[b, i], score[b, i], lane(z0, z1, z2, z3, k), cx, cs, cz)
+                for j in range((m + 3) // 4):
+                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
+                    for k in range(min(4, m - 4 * j)):
+                        i = 4 * j + k
+                        orow[i] = em_elem(xr[i], sr[i], lane(z0, z1, z2, z3, k), cx, cs, cz)
             elif mode == NOISE_GIVEN:
-                for i in range(i0, i1):
-                    out[b, i] = em_elem(x[b, i], score[b, i], noise[b, i], cx, cs, cz)
+                for i in range(m):
+                    orow[i] = em_elem(xr[i], sr[i], zr[i], cx, cs, cz)
             else:
-                for i in range(i0, i1):
-                    out[b, i] = em_elem(x[b, i], score[b, i], 0.0, cx, cs, 0.0)
+                for i in range(m):
+                    orow[i] = em_elem(xr[i], sr[i], 0.0, cx, cs, 0.0)
 
 
 @_kernel
@@ -220,8 +232,9 @@ def heun(x, score, xe, se, cx, cs, cxe, cse, out):
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
         for b in range(b0, b1):
-            for i in range(i0, i1):
-                out[b, i] = heun_elem(x[b, i], score[b, i], xe[b, i], se[b, i], cx, cs, cxe, cse)
+            xr, sr, xer, ser, orow = x[b, i0:i1], score[b, i0:i1], xe[b, i0:i1], se[b, i0:i1], out[b, i0:i1]
+            for i in range(orow.shape[0]):
+                orow[i] = heun_elem(xr[i], sr[i], xer[i], ser[i], cx, cs, cxe, cse)
 
 
 # ---------------------------------------------------------------------------- physics
@@ -241,9 +254,11 @@ def ftcs1d(u, r, bc, out):
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        lo, hi = max(i0, 1), max(min(i1, n - 1), 1)
         for b in range(b0, b1):
-            for i in range(max(i0, 1), min(i1, n - 1)):
-                out[b, i] = ftcs_elem(u[b, i], u[b, i - 1], u[b, i + 1], r)
+            left, mid, right, orow = u[b, lo - 1:hi - 1], u[b, lo:hi], u[b, lo + 1:hi + 1], out[b, lo:hi]
+            for i in range(orow.shape[0]):
+                orow[i] = ftcs_elem(mid[i], left[i], right[i], r)
             if i0 == 0:
                 _ftcs_edge(u, b, 0, n, r, bc, out)
             if i1 == n and n > 1:
@@ -258,8 +273,11 @@ def _ftcs2_row(u, b, y, r, bc, out):
         out[b, y, :] = u[b, y, :]
         return
     ym, yp = wrap_index(y - 1, H, bc), wrap_index(y + 1, H, bc)
-    for x in range(1, W - 1):
-        out[b, y, x] = ftcs2_elem(u[b, y, x], u[b, y, x - 1], u[b, y, x + 1], u[b, ym, x], u[b, yp, x], r)
+    if W > 2:
+        left, mid, right = u[b, y, 0:W - 2], u[b, y, 1:W - 1], u[b, y, 2:W]
+        up, down, orow = u[b, ym, 1:W - 1], u[b, yp, 1:W - 1], out[b, y, 1:W - 1]
+        for x in range(orow.shape[0]):
+            orow[x] = ftcs2_elem(mid[x], left[x], right[x], up[x], down[x], r)
     for x in (0, W - 1):
         if bc == BC_DIRICHLET:
             out[b, y, x] = u[b, y, x]
