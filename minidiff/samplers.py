@@ -98,7 +98,7 @@ def _noise_source(generator, noise, needed: bool = True) -> _Noise:
         if needed:
             raise ValueError("pass generator= (a torch.Generator) or noise= (one tensor per noise draw)")
         return _Noise(None, None)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     return _Noise(seed, None)
 
 

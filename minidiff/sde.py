@@ -275,7 +275,8 @@ def score_from_eps_model(model, schedule: Schedule):
     from .forward import eps_to_score
 
     def score_fn(x, t):
-        t_index = int(schedule.t_to_t_index(check_t(t) if t > 0 else 1.0 / schedule.T))
+        t = check_t(t)
+        t_index = int(schedule.t_to_t_index(t)) if t > 0 else 0
         t_vec = torch.full((x.shape[0],), t_index, dtype=torch.int64, device=x.device)
         eps = model(x, t_vec)
         return eps_to_score(eps, float(schedule.alpha_bar[t_index]))

@@ -270,8 +270,8 @@ def test_single_level_langevin_misses_the_weights_and_annealing_recovers_them():
     Plain Langevin keeps the start's 50/50 split (the modes never exchange samples); annealed Langevin
     (Alg. 1) recovers 0.2 / 0.8."""
     gm = GaussianMixture.isotropic([[-5.0, -5.0], [5.0, 5.0]], 1.0, weights=[0.2, 0.8])
-    x_init = 16 * torch.rand((1000, 2), generator=_gen(6), dtype=torch.float64) - 8
-    plain = S.final(S.langevin(gm.score, x_init, step_size=0.1, n_steps=150, generator=_gen()))
+    x_init = 16 * torch.rand((800, 2), generator=_gen(6), dtype=torch.float64) - 8
+    plain = S.final(S.langevin(gm.score, x_init, step_size=0.1, n_steps=100, generator=_gen()))
     sigmas = VESDE(sigma_min=1.0, sigma_max=20.0).sigmas(8)
     annealed = S.final(S.annealed_langevin(lambda x, s: gm.at_sigma(s).score(x), x_init, sigmas,
                                            n_steps_each=25, step_size=0.5, generator=_gen()))
@@ -280,7 +280,7 @@ def test_single_level_langevin_misses_the_weights_and_annealing_recovers_them():
     w_start = float((x_init.sum(1) > 0).double().mean())
     print(f"weight of the 0.8 mode: start {w_start:.3f}, Langevin {w_plain:.3f}, annealed {w_annealed:.3f}")
     assert abs(w_plain - w_start) < 0.03 and abs(w_plain - 0.8) > 0.2
-    assert abs(w_annealed - 0.8) < 0.05
+    assert abs(w_annealed - 0.8) < 0.05  # 3.5 standard errors
 
 
 # ============================================================================ backends and noise
