@@ -118,10 +118,12 @@ def test_euler_maruyama_reproduces_the_mixture(name):
 
 @pytest.mark.parametrize("name", SDES)
 def test_predictor_corrector_reproduces_the_mixture(name):
+    """100 steps: with 60 the VP reverse-diffusion predictor (noise variance beta_i, not the posterior's
+    smaller beta_tilde) leaves the components ~7% too wide."""
     sde = SDES[name]
-    x = S.final(S.predictor_corrector(mixture_score(GM, sde), _prior((N, 2), std=sde.prior_std), sde, 60,
+    x = S.final(S.predictor_corrector(mixture_score(GM, sde), _prior((N, 2), std=sde.prior_std), sde, 100,
                                       generator=_gen()))
-    assert_reproduces(x, GM, label=f"predictor_corrector {name} n=60")
+    assert_reproduces(x, GM, label=f"predictor_corrector {name} n=100")
 
 
 @pytest.mark.parametrize("name, solver, n_steps", [("VP", S.pf_ode_euler, 100), ("VP", S.pf_ode_heun, 30),
@@ -136,10 +138,10 @@ def test_probability_flow_ode_reproduces_the_mixture(name, solver, n_steps):
 
 def test_annealed_langevin_reproduces_the_mixture_at_the_last_noise_level():
     """Song & Ermon 2019, Alg. 1 targets the data perturbed at sigma_L; start from a uniform box."""
-    sigmas = VESDE(sigma_min=0.15, sigma_max=3.0).sigmas(6)
+    sigmas = VESDE(sigma_min=0.15, sigma_max=3.0).sigmas(8)
     x_init = 6 * torch.rand((N, 2), generator=_gen(1), dtype=torch.float64) - 3
     steps = S.annealed_langevin(lambda x, sigma: GM.at_sigma(sigma).score(x), x_init, sigmas,
-                                n_steps_each=30, step_size=0.01, generator=_gen())
+                                n_steps_each=40, step_size=0.01, generator=_gen())
     assert_reproduces(S.final(steps), GM.at_sigma(sigmas[-1]), label="annealed_langevin")
 
 
