@@ -44,8 +44,9 @@ class GaussianMixture:
         K, d = m.shape
         if c.shape != (K, d, d):
             raise ValueError(f"covs must be (K, d, d) = {(K, d, d)}, got {tuple(c.shape)}")
-        if torch.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-9:
-            raise ValueError("weights must be positive and sum to 1")
+        if torch.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        w = w / w.sum()  # exact normalisation in float64 (weights given in float32 sum to 1 only to ~1e-7)
         if not torch.allclose(c, c.transpose(-1, -2)):
             raise ValueError("covs must be symmetric")
         chol, info = torch.linalg.cholesky_ex(c)
@@ -119,11 +120,11 @@ class GaussianMixture:
     def _component_terms(self, x):
         """Per-component log densities ``(N, K)`` and whitened residuals, in float64."""
         x = self._check_x(x).to(torch.float64)
-        diff = x[:, None, :] - self.means[None]  # (N, K, d)
+        diff = x[None, :, :] - self.means[:, None, :]  # (K, N, d)
         L = self._chol  # (K, d, d)
-        z = torch.linalg.solve_triangular(L[None].expand(x.shape[0], -1, -1, -1), diff[..., None], upper=False)[..., 0]
+        z = torch.linalg.solve_triangular(L, diff.transpose(1, 2), upper=False)  # (K, d, N): L^{-1} (x - mu_k)
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (K,)
-        logp = -0.5 * (z**2).sum(-1) - 0.5 * logdet - 0.5 * self.dim * math.log(2 * math.pi)
+        logp = -0.5 * (z**2).sum(1).T - 0.5 * logdet - 0.5 * self.dim * math.log(2 * math.pi)  # (N, K)
         return logp + torch.log(self.weights), diff
 
     def log_prob(self, x) -> torch.Tensor:
@@ -140,8 +141,8 @@ class GaussianMixture:
         """Exact ``grad_x log p(x) = -sum_k p(k|x) S_k^{-1} (x - mu_k)``, returned in ``x``'s dtype."""
         comp, diff = self._component_terms(x)
         r = torch.softmax(comp, dim=1)  # (N, K)
-        sol = torch.cholesky_solve(diff[..., None], self._chol[None].expand(diff.shape[0], -1, -1, -1))[..., 0]
-        out = -(r[..., None] * sol).sum(1)
+        sol = torch.cholesky_solve(diff.transpose(1, 2), self._chol)  # (K, d, N): S_k^{-1} (x - mu_k)
+        out = -torch.einsum("nk,kdn->nd", r, sol)
         return out.to(x.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else out
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
