@@ -33,7 +33,7 @@ T_MID = 500
 # ============================================================================ the usual torch code
 def torch_add_noise(x0, noise, t):
     """diffusers' DDPMScheduler.add_noise as written there: gather, pow, flatten, unsqueeze, 2 mul, add."""
-    ab = torch.as_tensor(S.alpha_bar, dtype=x0.dtype, device=x0.device)
+    ab = torch.as_tensor(np.array(S.alpha_bar), dtype=x0.dtype, device=x0.device)
     sqrt_ab = ab[t] ** 0.5
     sqrt_1m = (1 - ab[t]) ** 0.5
     sqrt_ab, sqrt_1m = sqrt_ab.flatten(), sqrt_1m.flatten()
@@ -152,15 +152,21 @@ def best_time(fn, repeat: int, device: str) -> float:
     return best
 
 
-def copy_gbs(n: int, device: str, repeat: int, dtype=torch.float32) -> float:
+def copy_gbs(n: int, device: str, repeat: int, dtype=torch.float32) -> tuple[float, float]:
+    """GB/s of a copy into an existing array (``np.copyto`` / ``copy_``) and of a copy into a fresh
+    one (``np.copy`` / ``clone``), which pays the page faults that every call returning a new
+    array (torch eager, and the backend, which allocates its outputs) pays as well."""
     src = torch.randn(n, dtype=dtype).to(device)
     dst = torch.empty_like(src)
     if device == "cpu":
         a, b = src.numpy(), dst.numpy()
         t = best_time(lambda: np.copyto(b, a), repeat, device)
+        t_new = best_time(lambda: np.copy(a), repeat, device)
     else:
         t = best_time(lambda: dst.copy_(src), repeat, device)
-    return 2 * n * src.element_size() / t / 1e9
+        t_new = best_time(lambda: src.clone(), repeat, device)
+    nbytes = 2 * n * src.element_size()
+    return nbytes / t / 1e9, nbytes / t_new / 1e9
 
 
 def first_call_seconds() -> float:
@@ -182,22 +188,24 @@ def fmt_size(nbytes: int) -> str:
 
 
 def run(sizes, device: str, repeat: int) -> list[str]:
-    lines = ["| case | MB/array | GB/s | % of copy | x torch eager | x numpy | M normals/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | per array | GB/s | % of copy | % of allocating copy | x torch eager | x numpy | M normals/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for nbytes in sizes:
         n = nbytes // 4
         n -= n % 64
-        copy = copy_gbs(n, device, repeat)
-        lines.append(f"| copy (np.copyto / copy_) | {fmt_size(nbytes)} | {copy:.1f} | 100 | | | |")
+        copy, copy_new = copy_gbs(n, device, repeat)
+        lines.append(f"| copy (np.copyto / copy_) | {fmt_size(nbytes)} | {copy:.1f} | 100 | | | | |")
+        lines.append(f"| allocating copy (np.copy / clone) | {fmt_size(nbytes)} | {copy_new:.1f} "
+                     f"| {100 * copy_new / copy:.0f} | 100 | | | |")
         for name, arrays, normals, impls in cases(n, device):
             times = {k: best_time(fn, repeat, device) for k, fn in impls.items() if fn is not None}
             gbs = arrays * n * 4 / times["numba"] / 1e9
             ratio = lambda k: f"{times[k] / times['numba']:.1f}" if k in times else ""  # noqa: E731
             mn = f"{normals / times['numba'] / 1e6:.0f}" if normals else ""
-            lines.append(f"| {name} | {fmt_size(nbytes)} | {gbs:.1f} | {100 * gbs / copy:.0f} | {ratio('torch')} "
-                         f"| {ratio('numpy')} | {mn} |")
+            lines.append(f"| {name} | {fmt_size(nbytes)} | {gbs:.1f} | {100 * gbs / copy:.0f} "
+                         f"| {100 * gbs / copy_new:.0f} | {ratio('torch')} | {ratio('numpy')} | {mn} |")
             del times
-        print("\n".join(lines[-(len(cases(64, 'cpu')) + 1):]), flush=True)
+        print("\n".join(lines[-(len(cases(64, 'cpu')) + 2):]), flush=True)
     return lines
 
 
