@@ -216,6 +216,22 @@ def _seed_args(seed, step):
     return [k0, k1, int(step)]
 
 
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """A fresh contiguous output. On the CPU it comes from numpy, whose allocator asks for
+    transparent huge pages on large arrays: first-touch page faults then cost about half what they
+    cost in a ``torch.empty`` buffer (4 KB pages), and every kernel writes a fresh output."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(np.empty(tuple(shape), dtype=_NP_DTYPES[dtype]))
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def _empty_like(x) -> torch.Tensor:
+    return _empty(x.shape, x.dtype, x.device)
+
+
 # ============================================================================ noise
 def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Standard normals shaped ``(B, ...)``: element ``(b, i)`` (``i`` the flat index within
@@ -231,7 +247,7 @@ def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu"
     device = torch.device(device)
     if device.type == "cuda":
         _cuda_kernels()
-    out = torch.empty(shape, dtype=dtype, device=device)
+    out = _empty(shape, dtype, device)
     if out.numel():
         _launch("normal_fill", out, [out] + _seed_args(seed, step), draws_noise=True)
     return out
@@ -258,7 +274,7 @@ def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, backend=None):
         a = schedule.at("sqrt_alpha_bar", t, x0)
         b = schedule.at("sqrt_one_minus_alpha_bar", t, x0)
         return _unwrap(a * x0 + b * eps, numpy_in)
-    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    out = _empty_like(x0)
     if out.numel():
         _launch("q_sample", x0, [x0, x0 if noise is None else noise, t, schedule.sqrt_alpha_bar,
                                  schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [out],
@@ -290,8 +306,7 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
 
     coefs = ddpm_coefficients(schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.betas[t],
                               schedule.alphas[t], schedule.posterior_variance[t], add_noise=t > 0)
-    out, x0 = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
-        x, memory_format=torch.contiguous_format)
+    out, x0 = _empty_like(x), _empty_like(x)
     if x.numel():
         sa, s1, cx0, cx, std = coefs
         _launch("ddpm", x, [x, eps, x if noise is None else noise, sa, s1, c, cx0, cx, std, mode]
@@ -332,8 +347,7 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
     if name == "torch":
         return _unwrap(_ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0), numpy_in)
-    out, x0 = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
-        x, memory_format=torch.contiguous_format)
+    out, x0 = _empty_like(x), _empty_like(x)
     if x.numel():
         _launch("ddim", x, [x, eps, x if noise is None else noise, sa, s1, c, clip_x0 is not None, sap, cdir,
                             sigma, mode] + _seed_args(seed, step) + [out, x0], draws_noise=mode == _NOISE_PHILOX)
@@ -361,7 +375,7 @@ def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend):
     if name == "torch":
         z = _noise(x, noise, seed, step) if needed else None
         return _unwrap(torch_fn(x, score, z), numpy_in)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = _empty_like(x)
     if x.numel():
         _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [out],
                 draws_noise=mode == _NOISE_PHILOX)
@@ -415,7 +429,7 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
     from minidiff.kernels.formulas import heun_coefficients
 
     coefs = heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = _empty_like(x)
     if x.numel():
         _launch("heun", x, [x, score, x_euler, score_euler, *coefs, out])
     return _unwrap(out, numpy_in)
@@ -453,7 +467,7 @@ def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
         left, right = _neighbours(u, -1, bc)
         new = u + r * (left - 2 * u + right)
         return _unwrap(_hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new, numpy_in)
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    out = _empty_like(u)
     if u.numel():
         _launch("ftcs1d", u, [u, r, _BC_CODE[bc], out], space_dims=1)
     return _unwrap(out, numpy_in)
@@ -472,7 +486,7 @@ def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
         (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
         new = u + r * (l + rt + up + dn - 4 * u)
         return _unwrap(_hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new, numpy_in)
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    out = _empty_like(u)
     if u.numel():
         _launch("ftcs2d", u, [u, r, _BC_CODE[bc], out], space_dims=2)
     return _unwrap(out, numpy_in)
