@@ -63,7 +63,8 @@ test-notebooks: install
 
 course: install
 	MINIDIFF_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	  --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 notebooks/[0-9]*.ipynb
+	  --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 \
+	  --ExecutePreprocessor.store_widget_state=False notebooks/[0-9]*.ipynb
 	$(MAKE) --no-print-directory site
 
 site: install
