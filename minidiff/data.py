@@ -193,7 +193,7 @@ def load_digits(split: str = "all"):
     """scikit-learn's bundled 8x8 digits (1797 images, 17 grey levels 0..16), scaled to ``[-1, 1]``.
 
     Returns ``(images, labels)``: ``(N, 1, 8, 8)`` float32 tensor and ``(N,)`` int64 tensor.
-    ``split``: ``"train"`` (1437 images) / ``"test"`` (360) -- a fixed stratified split (seed 0) --
+    ``split``: ``"train"`` (1438 images) / ``"test"`` (359) -- a fixed stratified split (seed 0) --
     or ``"all"``.
     """
     images, labels = _digits_raw()

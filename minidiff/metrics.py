@@ -227,7 +227,7 @@ def _ref_features(classifier):
 
 
 def fd_digits_floor(n: int, *, classifier=None, seed: int = 0) -> float:
-    """Real-vs-real floor of FD-digits: ``n`` train-split digits (without replacement when ``n`` <= 1437)
+    """Real-vs-real floor of FD-digits: ``n`` train-split digits (without replacement when ``n`` <= 1438)
     against the test split."""
     from .data import load_digits
 
@@ -238,7 +238,7 @@ def fd_digits_floor(n: int, *, classifier=None, seed: int = 0) -> float:
 
 
 def fd_digits(samples, *, classifier=None, seed: int = 0) -> MetricResult:
-    """FD-digits of ``samples (N, 1, 8, 8)`` in ``[-1, 1]`` against the 360 test digits, with the floor
+    """FD-digits of ``samples (N, 1, 8, 8)`` in ``[-1, 1]`` against the 359 test digits, with the floor
     (``N`` train digits vs the test digits) beside it."""
     n = int(torch.as_tensor(samples).shape[0])
     value = frechet_distance(classifier_features(samples, classifier), _ref_features(classifier))

@@ -155,7 +155,7 @@ def gmm_target():
 
 
 def training_data(data: str, conditional: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(x, y)`` for a preset's ``data``: digits train split ``(1437, 1, 8, 8)`` with labels, or a fixed
+    """``(x, y)`` for a preset's ``data``: digits train split ``(1438, 1, 8, 8)`` with labels, or a fixed
     set of 10 000 points (seed 1234) from a 2-D toy or the preset Gaussian mixture (labels ``None``)."""
     from . import data as D
 
