@@ -46,8 +46,11 @@ install: $(ENV_DEP)
 .venv/bin/python:
 	$(PYTHON_BOOTSTRAP) -m venv .venv
 
+# JupyterLab refuses to start as root (containers, course machines) unless told it may.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: install
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/
 
 test: install
 	@$(MAKE) --no-print-directory test-unit test-cudasim test-notebooks
