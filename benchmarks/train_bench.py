@@ -70,6 +70,7 @@ def evaluate(path, *, n: int = 1000, n_steps: int = 50, guidance: float | None =
         out["guidance_scale"] = guidance
         out["cond_accuracy"] = round(float((metrics.classify(x) == y).double().mean()), 4)
     out["clip_x0"] = clip_x0
+    out["x_T_seed"] = seed
     out["meets_bar"] = bool(fd.ratio <= 2.0 and hist.min() >= 0.05 and out.get("cond_accuracy", 1.0) >= 0.9)
     return out
 
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     e.add_argument("weights")
     e.add_argument("--guidance", type=float)
     e.add_argument("--clip-x0", type=float)
+    e.add_argument("--seed", type=int, default=0, help="seed of x_T (the bar is recorded at seed 0)")
     s = sub.add_parser("sample-time")
     s.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
             if r["meets_bar"]:
                 break
     elif args.cmd == "eval":
-        print(json.dumps(evaluate(args.weights, guidance=args.guidance, clip_x0=args.clip_x0)))
+        print(json.dumps(evaluate(args.weights, guidance=args.guidance, clip_x0=args.clip_x0, seed=args.seed)))
     elif args.cmd == "sample-time":
         torch.set_num_threads(args.threads)
         from minidiff.train import load_pretrained

@@ -137,7 +137,7 @@ class Preset:
 
 DIGITS_UNET = UNetConfig(image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1)
 PRESETS: dict[str, Preset] = {
-    "digits": Preset("digits", "digits", DIGITS_UNET, steps=2000, batch_size=128, lr=2e-3),
+    "digits": Preset("digits", "digits", DIGITS_UNET, steps=4000, batch_size=128, lr=2e-3),
     "digits_cond": Preset("digits_cond", "digits", dataclasses.replace(DIGITS_UNET, num_classes=10),
                           steps=2000, batch_size=128, lr=2e-3),
     "toy2d": Preset("toy2d", "moons", MLPConfig(dim=2, hidden=128, depth=3), steps=3000, batch_size=256,
