@@ -10,6 +10,12 @@ With a seed, noise is a pure function of ``(seed, sample, element, step)`` (coun
 Philox4x32-10, Salmon et al. 2011): :func:`normal` draws exactly the numbers the kernels draw
 in-kernel, so both backends see the same noise.
 
+Outputs: every update allocates its result, or writes into ``out=`` (and ``x0_out=`` for DDPM/DDIM),
+arrays shaped like ``x`` with its dtype and device, contiguous and writeable, as NumPy's ``out=``
+does: a loop that reuses its buffers then touches no fresh memory. ``out`` may be an input itself
+(``out=x`` updates in place: every kernel reads element ``i`` before it writes element ``i``), but
+must not partly overlap one; a stencil's ``out`` must not overlap ``u`` at all.
+
 Arrays are viewed as ``(B, n)``: batch first, the other axes flattened (the stencils keep their last
 one or two axes as space). float32 and float64 are supported; inputs are validated before any kernel
 runs and errors name the offending argument. The numba backend does not track gradients.
@@ -85,15 +91,16 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return x.detach()
 
 
-def _like(x: torch.Tensor, other, name: str) -> torch.Tensor:
-    """``other`` as a tensor with ``x``'s shape, dtype and device, else an error naming ``name``."""
+def _like(x: torch.Tensor, other, name: str, ref: str = "x") -> torch.Tensor:
+    """``other`` as a tensor with ``x``'s shape, dtype and device, else an error naming ``name``
+    (``ref`` is the name of ``x`` in the message)."""
     t = _as_tensor(other, name)
     if t.shape != x.shape:
-        raise ValueError(f"{name} must have shape {tuple(x.shape)} like x, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(x.shape)} like {ref}, got {tuple(t.shape)}")
     if t.dtype != x.dtype:
-        raise TypeError(f"{name} must have dtype {x.dtype} like x, got {t.dtype}")
+        raise TypeError(f"{name} must have dtype {x.dtype} like {ref}, got {t.dtype}")
     if t.device != x.device:
-        raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
+        raise ValueError(f"{name} must be on {x.device} like {ref}, got {t.device}")
     return t
 
 
@@ -232,6 +239,57 @@ def _empty_like(x) -> torch.Tensor:
     return _empty(x.shape, x.dtype, x.device)
 
 
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range ``[lo, hi)`` that tensor ``t`` can touch."""
+    if t.numel() == 0:
+        return 0, 0
+    lo = t.data_ptr() + t.element_size() * sum(min(0, (n - 1) * s) for n, s in zip(t.shape, t.stride()))
+    hi = t.data_ptr() + t.element_size() * (1 + sum(max(0, (n - 1) * s) for n, s in zip(t.shape, t.stride())))
+    return lo, hi
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a.device == b.device and a0 < b1 and b0 < a1
+
+
+def _out(x: torch.Tensor, out, name: str, inputs: dict, in_place_ok: bool = True, taken=()) -> torch.Tensor:
+    """``out`` checked as an output for an update of ``x``: a fresh array when ``out`` is None, else
+    a contiguous, writeable array like ``x`` (the first of ``inputs``) that is either exactly one of them (in place,
+    when ``in_place_ok``) or disjoint from all of them and from the other outputs ``taken``."""
+    if out is None:
+        return _empty_like(x)
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    t = _like(x, out, name, ref=next(iter(inputs)))
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (the kernels write it in place), got strides {t.stride()}")
+    for other_name, other in inputs.items():
+        if other is None or not _overlap(t, other):
+            continue
+        same = t.data_ptr() == other.data_ptr() and t.stride() == other.stride() and t.shape == other.shape
+        if not in_place_ok:
+            raise ValueError(f"{name} overlaps {other_name}: the stencil reads neighbours, so its output "
+                             f"must not share memory with its input")
+        if not same:
+            raise ValueError(f"{name} partly overlaps {other_name}: an output may be exactly an input "
+                             f"(an in-place update) but must not partly overlap one")
+    for other_name, other in taken:
+        if _overlap(t, other):
+            raise ValueError(f"{name} must not overlap {other_name}")
+    return t
+
+
+def _result(computed: torch.Tensor, out_t: torch.Tensor | None, out_given, numpy_in: bool):
+    """What an update returns: the caller's own ``out`` object when one was given (after copying
+    ``computed`` into it unless the kernel already wrote it there), else ``computed``."""
+    if out_given is None:
+        return _unwrap(computed, numpy_in)
+    if computed is not out_t:
+        out_t.copy_(computed)
+    return out_given
+
+
 # ============================================================================ noise
 def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Standard normals shaped ``(B, ...)``: element ``(b, i)`` (``i`` the flat index within
@@ -261,25 +319,26 @@ def _noise(x, noise, seed, step):
 
 
 # ============================================================================ diffusion updates
-def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, backend=None):
+def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, out=None, backend=None):
     """``x_t = sqrt(ab[t_index]) x0 + sqrt(1-ab[t_index]) eps`` with per-sample ``t_index`` (B,) int64
-    (Ho et al. 2020, eq. 4). ``noise`` may be a tensor, or an int used as ``seed``."""
+    (Ho et al. 2020, eq. 4). ``noise`` may be a tensor, or an int used as ``seed``. ``out``: write
+    the result there (see the module notes) and return it."""
     if isinstance(noise, (int, np.integer)):
         noise, seed = None, int(noise)
     name, numpy_in, x0 = _resolve(backend), isinstance(x0, np.ndarray), _as_tensor(x0, "x0")
     t = _t_vector(t_index, x0.shape[0], schedule)
     mode, noise, seed = _noise_source(x0, noise, seed, step, needed=True)
+    o = _out(x0, out, "out", {"x0": x0, "noise": noise})
     if name == "torch":
         eps = _noise(x0, noise, seed, step)
         a = schedule.at("sqrt_alpha_bar", t, x0)
         b = schedule.at("sqrt_one_minus_alpha_bar", t, x0)
-        return _unwrap(a * x0 + b * eps, numpy_in)
-    out = _empty_like(x0)
-    if out.numel():
+        return _result(a * x0 + b * eps, o, out, numpy_in)
+    if o.numel():
         _launch("q_sample", x0, [x0, x0 if noise is None else noise, t, schedule.sqrt_alpha_bar,
-                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [out],
+                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [o],
                 draws_noise=mode == _NOISE_PHILOX)
-    return _unwrap(out, numpy_in)
+    return _result(o, o, out, numpy_in)
 
 
 def _clip_value(clip_x0) -> float:
@@ -292,26 +351,35 @@ def _clip_value(clip_x0) -> float:
 
 
 def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, clip_x0=None,
-              backend=None):
+              out=None, x0_out=None, backend=None):
     """One ancestral step (Ho et al. 2020, Alg. 2, in posterior-mean form eq. 7).
-    Returns ``(x_prev, x0_hat)``. At ``t_index == 0`` no noise is added."""
+    Returns ``(x_prev, x0_hat)``, written into ``out`` / ``x0_out`` when given. At ``t_index == 0``
+    no noise is added."""
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     eps = _like(x, eps, "eps")
     t = _t_scalar(t_index, schedule)
     c = _clip_value(clip_x0)
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=t > 0)
+    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out)
     if name == "torch":
-        return _unwrap(_ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0), numpy_in)
+        xp, x0 = _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0)
+        return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
     from minidiff.kernels.formulas import ddpm_coefficients
 
     coefs = ddpm_coefficients(schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.betas[t],
                               schedule.alphas[t], schedule.posterior_variance[t], add_noise=t > 0)
-    out, x0 = _empty_like(x), _empty_like(x)
     if x.numel():
         sa, s1, cx0, cx, std = coefs
         _launch("ddpm", x, [x, eps, x if noise is None else noise, sa, s1, c, cx0, cx, std, mode]
-                + _seed_args(seed, step) + [out, x0], draws_noise=mode == _NOISE_PHILOX)
-    return _unwrap((out, x0), numpy_in)
+                + _seed_args(seed, step) + [o, o0], draws_noise=mode == _NOISE_PHILOX)
+    return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
+
+
+def _sampler_outputs(x, eps, noise, out, x0_out):
+    """``out`` and ``x0_out`` of a DDPM/DDIM step: each may be one of the inputs, not each other."""
+    inputs = {"x": x, "eps": eps, "noise": noise}
+    o = _out(x, out, "out", inputs)
+    return o, _out(x, x0_out, "x0_out", inputs, taken=[("out", o)])
 
 
 def _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0):
@@ -328,9 +396,9 @@ def _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0):
 
 
 def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noise=None, seed=None,
-              step=0, clip_x0=None, backend=None):
+              step=0, clip_x0=None, out=None, x0_out=None, backend=None):
     """One DDIM step from ``t_index`` to ``t_index_prev`` (``-1`` = to data) (Song et al. 2021a, eq. 12).
-    Returns ``(x_prev, x0_hat)``."""
+    Returns ``(x_prev, x0_hat)``, written into ``out`` / ``x0_out`` when given."""
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     eps = _like(x, eps, "eps")
     t = _t_scalar(t_index, schedule)
@@ -345,13 +413,14 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
     sa, s1, sap, cdir, sigma = ddim_coefficients(schedule.alpha_bar[t], ab_prev, eta)
     c = _clip_value(clip_x0)
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
+    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out)
     if name == "torch":
-        return _unwrap(_ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0), numpy_in)
-    out, x0 = _empty_like(x), _empty_like(x)
+        xp, x0 = _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0)
+        return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
     if x.numel():
         _launch("ddim", x, [x, eps, x if noise is None else noise, sa, s1, c, clip_x0 is not None, sap, cdir,
-                            sigma, mode] + _seed_args(seed, step) + [out, x0], draws_noise=mode == _NOISE_PHILOX)
-    return _unwrap((out, x0), numpy_in)
+                            sigma, mode] + _seed_args(seed, step) + [o, o0], draws_noise=mode == _NOISE_PHILOX)
+    return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
 
 
 def _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0):
@@ -367,33 +436,33 @@ def _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0):
     return out, x0
 
 
-def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend):
+def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend, out):
     """Shared driver of the Euler-Maruyama-shaped updates ``cx x + cs score + cz z``."""
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     score = x if score is None else _like(x, score, "score")
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=needed)
+    o = _out(x, out, "out", {"x": x, "score": score, "noise": noise})
     if name == "torch":
         z = _noise(x, noise, seed, step) if needed else None
-        return _unwrap(torch_fn(x, score, z), numpy_in)
-    out = _empty_like(x)
+        return _result(torch_fn(x, score, z), o, out, numpy_in)
     if x.numel():
-        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [out],
+        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [o],
                 draws_noise=mode == _NOISE_PHILOX)
-    return _unwrap(out, numpy_in)
+    return _result(o, o, out, numpy_in)
 
 
-def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, backend=None):
+def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, out=None, backend=None):
     """``x + (step_size/2) score + sqrt(step_size) z`` (Song & Ermon 2019, Alg. 1)."""
     from minidiff.kernels.formulas import langevin_coefficients
 
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     return _em(x, score, langevin_coefficients(step_size), noise, seed, step, True,
-               lambda x, s, z: x + 0.5 * step_size * s + math.sqrt(step_size) * z, backend)
+               lambda x, s, z: x + 0.5 * step_size * s + math.sqrt(step_size) * z, backend, out)
 
 
 def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float, noise=None,
-                     seed=None, step=0, backend=None):
+                     seed=None, step=0, out=None, backend=None):
     """Euler-Maruyama step of the reverse SDE ``dx = [f - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
     (Anderson 1982; Song et al. 2021b, eq. 6), with linear drift ``f(x, t) = drift_coef * x``:
     ``x - (drift_coef x - g^2 score) dt + g sqrt(dt) z``."""
@@ -403,36 +472,36 @@ def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float
         raise ValueError(f"dt must be >= 0, got {dt}")
     return _em(x, score, reverse_sde_coefficients(drift_coef, diffusion, dt), noise, seed, step, True,
                lambda x, s, z: x - (drift_coef * x - diffusion**2 * s) * dt + diffusion * math.sqrt(dt) * z,
-               backend)
+               backend, out)
 
 
-def pf_ode_euler_step(x, score, *, drift_coef: float, diffusion: float, dt: float, backend=None):
+def pf_ode_euler_step(x, score, *, drift_coef: float, diffusion: float, dt: float, out=None, backend=None):
     """Euler step of the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from ``t`` to ``t - dt``
     (Song et al. 2021b, eq. 13)."""
     from minidiff.kernels.formulas import pf_ode_euler_coefficients
 
     return _em(x, score, pf_ode_euler_coefficients(drift_coef, diffusion, dt), None, None, 0, False,
-               lambda x, s, z: x - (drift_coef * x - 0.5 * diffusion**2 * s) * dt, backend)
+               lambda x, s, z: x - (drift_coef * x - 0.5 * diffusion**2 * s) * dt, backend, out)
 
 
 def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffusion: float,
-                     drift_coef_next: float, diffusion_next: float, dt: float, backend=None):
+                     drift_coef_next: float, diffusion_next: float, dt: float, out=None, backend=None):
     """Heun (trapezoidal) correction for the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 9-11):
     ``x - dt/2 (d(x, t) + d(x_euler, t - dt))`` with ``d = f - g^2 score / 2``."""
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     score, x_euler = _like(x, score, "score"), _like(x, x_euler, "x_euler")
     score_euler = _like(x, score_euler, "score_euler")
+    o = _out(x, out, "out", {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler})
     if name == "torch":
         d1 = drift_coef * x - 0.5 * diffusion**2 * score
         d2 = drift_coef_next * x_euler - 0.5 * diffusion_next**2 * score_euler
-        return _unwrap(x - 0.5 * dt * (d1 + d2), numpy_in)
+        return _result(x - 0.5 * dt * (d1 + d2), o, out, numpy_in)
     from minidiff.kernels.formulas import heun_coefficients
 
     coefs = heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
-    out = _empty_like(x)
     if x.numel():
-        _launch("heun", x, [x, score, x_euler, score_euler, *coefs, out])
-    return _unwrap(out, numpy_in)
+        _launch("heun", x, [x, score, x_euler, score_euler, *coefs, o])
+    return _result(o, o, out, numpy_in)
 
 
 # ============================================================================ physics
@@ -455,7 +524,7 @@ def _hold_boundary(new, u, dims):
 
 
 def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
-                 backend=None):
+                 out=None, backend=None):
     """Explicit (FTCS) step of ``u_t = D u_xx`` along the last axis: ``u + r (u_{i-1} - 2 u_i + u_{i+1})``,
     ``r = D dt/dx^2``. Stable only for ``r <= 1/2``: larger ``r`` raises ValueError unless
     ``allow_unstable=True``. ``bc``: ``"periodic"``, ``"dirichlet"`` (end nodes held fixed) or
@@ -463,18 +532,18 @@ def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     ``u``: ``(B, N)`` (any leading axes are batch)."""
     name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
     r = _check_stencil(D, dt, dx, bc, 0.5, allow_unstable)
+    o = _out(u, out, "out", {"u": u}, in_place_ok=False)
     if name == "torch":
         left, right = _neighbours(u, -1, bc)
         new = u + r * (left - 2 * u + right)
-        return _unwrap(_hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new, numpy_in)
-    out = _empty_like(u)
+        return _result(_hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new, o, out, numpy_in)
     if u.numel():
-        _launch("ftcs1d", u, [u, r, _BC_CODE[bc], out], space_dims=1)
-    return _unwrap(out, numpy_in)
+        _launch("ftcs1d", u, [u, r, _BC_CODE[bc], o], space_dims=1)
+    return _result(o, o, out, numpy_in)
 
 
 def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
-                 backend=None):
+                 out=None, backend=None):
     """Explicit 5-point step of ``u_t = D (u_xx + u_yy)`` on the last two axes, stable for
     ``r = D dt/dx^2 <= 1/4`` (larger raises ValueError unless ``allow_unstable=True``).
     ``u``: ``(B, H, W)``; ``bc`` as in :func:`ftcs_step_1d`, on all four sides."""
@@ -482,18 +551,19 @@ def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     if u.ndim < 2:
         raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(u.shape)}")
     r = _check_stencil(D, dt, dx, bc, 0.25, allow_unstable)
+    o = _out(u, out, "out", {"u": u}, in_place_ok=False)
     if name == "torch":
         (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
         new = u + r * (l + rt + up + dn - 4 * u)
-        return _unwrap(_hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new, numpy_in)
-    out = _empty_like(u)
+        return _result(_hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new, o, out,
+                       numpy_in)
     if u.numel():
-        _launch("ftcs2d", u, [u, r, _BC_CODE[bc], out], space_dims=2)
-    return _unwrap(out, numpy_in)
+        _launch("ftcs2d", u, [u, r, _BC_CODE[bc], o], space_dims=2)
+    return _result(o, o, out, numpy_in)
 
 
 def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, seed=None, step=0,
-                backend=None):
+                out=None, backend=None):
     """Brownian walkers (Ornstein-Uhlenbeck when ``drift_coef != 0``), Euler-Maruyama:
     ``x + drift_coef x dt + sqrt(2 D dt) z``. ``x``: ``(n_walkers, d)``."""
     from minidiff.kernels.formulas import walker_coefficients
@@ -501,4 +571,4 @@ def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, 
     if not (D >= 0 and dt >= 0):
         raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
     return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True,
-               lambda x, s, z: x + drift_coef * x * dt + math.sqrt(2 * D * dt) * z, backend)
+               lambda x, s, z: x + drift_coef * x * dt + math.sqrt(2 * D * dt) * z, backend, out)

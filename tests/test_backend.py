@@ -15,21 +15,26 @@ from minidiff import backend as B
 S = Schedule.linear(T=100)
 
 
-def calls(x, s=S):
-    """Every public update with small valid arguments, as (name, thunk(backend, x))."""
+def calls(x, s=S, **kw):
+    """Every public update with small valid arguments, as (name, thunk(backend, x)); ``kw`` (e.g.
+    ``out=``) goes to every call, ``x0_out`` only to DDPM and DDIM."""
     e = torch.ones_like(x) * 0.3 if isinstance(x, torch.Tensor) else np.ones_like(x) * 0.3
+    k1 = {k: v for k, v in kw.items() if k != "x0_out"}
     return {
-        "q_sample": lambda bk, x=x: B.q_sample(x, 5, None, s, seed=1, backend=bk),
-        "ddpm": lambda bk, x=x: B.ddpm_step(x, e, 50, s, seed=1, clip_x0=1.0, backend=bk),
-        "ddim": lambda bk, x=x: B.ddim_step(x, e, 50, 10, s, eta=1.0, seed=1, backend=bk),
-        "langevin": lambda bk, x=x: B.langevin_step(x, e, 0.1, seed=1, backend=bk),
-        "sde": lambda bk, x=x: B.reverse_sde_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, seed=1, backend=bk),
-        "pf_euler": lambda bk, x=x: B.pf_ode_euler_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, backend=bk),
+        "q_sample": lambda bk, x=x: B.q_sample(x, 5, None, s, seed=1, backend=bk, **k1),
+        "ddpm": lambda bk, x=x: B.ddpm_step(x, e, 50, s, seed=1, clip_x0=1.0, backend=bk, **kw),
+        "ddim": lambda bk, x=x: B.ddim_step(x, e, 50, 10, s, eta=1.0, seed=1, backend=bk, **kw),
+        "langevin": lambda bk, x=x: B.langevin_step(x, e, 0.1, seed=1, backend=bk, **k1),
+        "sde": lambda bk, x=x: B.reverse_sde_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, seed=1, backend=bk,
+                                                  **k1),
+        "pf_euler": lambda bk, x=x: B.pf_ode_euler_step(x, e, drift_coef=-0.5, diffusion=1.0, dt=0.01, backend=bk,
+                                                        **k1),
         "pf_heun": lambda bk, x=x: B.pf_ode_heun_step(x, e, x, e, drift_coef=-0.5, diffusion=1.0,
-                                                      drift_coef_next=-0.4, diffusion_next=0.9, dt=0.01, backend=bk),
-        "ftcs1d": lambda bk, x=x: B.ftcs_step_1d(x, 0.4, 1.0, 1.0, bc="neumann", backend=bk),
-        "ftcs2d": lambda bk, x=x: B.ftcs_step_2d(x, 0.2, 1.0, 1.0, bc="dirichlet", backend=bk),
-        "walker": lambda bk, x=x: B.walker_step(x, 0.5, 0.1, drift_coef=-1.0, seed=1, backend=bk),
+                                                      drift_coef_next=-0.4, diffusion_next=0.9, dt=0.01, backend=bk,
+                                                      **k1),
+        "ftcs1d": lambda bk, x=x: B.ftcs_step_1d(x, 0.4, 1.0, 1.0, bc="neumann", backend=bk, **k1),
+        "ftcs2d": lambda bk, x=x: B.ftcs_step_2d(x, 0.2, 1.0, 1.0, bc="dirichlet", backend=bk, **k1),
+        "walker": lambda bk, x=x: B.walker_step(x, 0.5, 0.1, drift_coef=-1.0, seed=1, backend=bk, **k1),
     }
 
 
@@ -92,6 +97,95 @@ def test_in_kernel_noise_equals_backend_normal():
     got = B.q_sample(x, torch.tensor([0, 5, 9]), 42, S, step=5)
     torch.testing.assert_close(got, B.normal(x.shape, 42, 5) * torch.as_tensor(
         S.sqrt_one_minus_alpha_bar[[0, 5, 9]], dtype=torch.float32).view(3, 1, 1))
+
+
+# ---------------------------------------------------------------------------- out=
+def _outs(name, like):
+    """Output buffers for an update: ``{"out": ...}`` plus ``x0_out`` for DDPM/DDIM, filled with NaN
+    so an element the kernel forgot to write shows."""
+    if isinstance(like, np.ndarray):
+        mk = lambda: np.full_like(like, np.nan)  # noqa: E731
+    else:
+        mk = lambda: torch.full_like(like, math.nan)  # noqa: E731
+    return {"out": mk(), "x0_out": mk()} if name in ("ddpm", "ddim") else {"out": mk()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_out_receives_the_result_and_is_returned(name, backend):
+    x = torch.randn(3, 6, 7, dtype=torch.float64)
+    want = as_tuple(calls(x)[name](backend))
+    bufs = _outs(name, x)
+    got = as_tuple(calls(x, **bufs)[name](backend))
+    for g, w, b in zip(got, want, bufs.values()):
+        assert g is b
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numpy_out_is_returned_as_the_same_numpy_array(name):
+    x = np.random.default_rng(1).standard_normal((2, 5, 4))
+    want = as_tuple(calls(x)[name]("numba"))
+    bufs = _outs(name, x)
+    got = as_tuple(calls(x, **bufs)[name]("numba"))
+    for g, w, b in zip(got, want, bufs.values()):
+        assert g is b
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("ftcs")])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_out_x_updates_in_place(name, backend):
+    x = torch.randn(4, 300, dtype=torch.float32)
+    want = as_tuple(calls(x)[name](backend))
+    xi = x.clone()
+    kw = {"out": xi, "x0_out": torch.empty_like(x)} if name in ("ddpm", "ddim") else {"out": xi}
+    got = as_tuple(calls(xi, **kw)[name](backend))
+    assert got[0] is xi
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_in_place_over_many_threads_matches_out_of_place():
+    """Large enough for the parallel path: every task reads its elements before writing them."""
+    x = torch.randn(8, 2**16 + 12)
+    e = torch.randn_like(x)
+    want, want0 = B.ddpm_step(x, e, 30, S, seed=3, clip_x0=1.0)
+    got, got0 = B.ddpm_step(x, e, 30, S, seed=3, clip_x0=1.0, out=x, x0_out=e)
+    assert got is x and got0 is e
+    torch.testing.assert_close(x, want, rtol=0, atol=0)
+    torch.testing.assert_close(e, want0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_bad_out_is_refused_naming_the_argument(backend):
+    x = torch.randn(4, 6)
+    e = torch.randn(4, 6)
+    lang = lambda **kw: B.langevin_step(x, e, 0.1, seed=0, backend=backend, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="out must have shape"):
+        lang(out=torch.empty(4, 5))
+    with pytest.raises(TypeError, match="out must have dtype"):
+        lang(out=torch.empty(4, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        lang(out=torch.empty(6, 4).t())
+    with pytest.raises(ValueError, match="out must be writeable"):
+        ro = np.empty((4, 6), np.float32)
+        ro.flags.writeable = False
+        B.langevin_step(x.numpy(), e.numpy(), 0.1, seed=0, out=ro, backend=backend)
+    big = torch.randn(5, 6)
+    with pytest.raises(ValueError, match="out partly overlaps x"):  # x = rows 0-3, out = rows 1-4
+        B.langevin_step(big[:4], e, 0.1, seed=0, out=big[1:], backend=backend)
+    o = torch.empty_like(x)
+    with pytest.raises(ValueError, match="x0_out must not overlap out"):
+        B.ddim_step(x, e, 5, 2, S, out=o, x0_out=o, backend=backend)
+    x_before = x.clone()
+    with pytest.raises(ValueError, match="out overlaps u"):
+        B.ftcs_step_1d(x, 0.1, 1.0, 1.0, out=x, backend=backend)
+    grid = torch.randn(1, 6, 5)
+    grid_before = grid.clone()
+    with pytest.raises(ValueError, match="out overlaps u"):  # u = rows 0-4 of the grid, out = rows 1-5
+        B.ftcs_step_2d(grid[:, :5], 0.1, 1.0, 1.0, out=grid[:, 1:], backend=backend)
+    assert torch.equal(x, x_before) and torch.equal(grid, grid_before)  # refused before anything was written
 
 
 # ---------------------------------------------------------------------------- refusals
