@@ -136,7 +136,7 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
 
 # ---------------------------------------------------------------------------- samplers
 @_kernel
-def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
+def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
     _same_shape(x, eps)
     _same_shape(x, noise)
@@ -154,17 +154,19 @@ def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out
                     z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
                     for k in range(min(4, m - 4 * j)):
                         i = 4 * j + k
-                        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], lane(z0, z1, z2, z3, k), sa, s1, c, cx0, cx, std)
+                        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], lane(z0, z1, z2, z3, k), inv_sa, s1, c,
+                                                      cx0, cx, std)
             elif mode == NOISE_GIVEN:
                 for i in range(m):
-                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], sa, s1, c, cx0, cx, std)
+                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], inv_sa, s1, c, cx0, cx, std)
             else:
                 for i in range(m):
-                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], 0.0, sa, s1, c, cx0, cx, 0.0)
+                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], 0.0, inv_sa, s1, c, cx0, cx, 0.0)
 
 
 @_kernel
-def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out, x0_out):
+def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out,
+         x0_out):
     """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
     _same_shape(x, eps)
     _same_shape(x, noise)
@@ -183,13 +185,15 @@ def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1
                     for k in range(min(4, m - 4 * j)):
                         i = 4 * j + k
                         orow[i], x0row[i] = ddim_elem(xr[i], er[i], lane(z0, z1, z2, z3, k),
-                                                      sa, s1, c, recompute_eps, sap, cdir, sigma)
+                                                      sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma)
             elif mode == NOISE_GIVEN:
                 for i in range(m):
-                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, s1, c, recompute_eps, sap, cdir, sigma)
+                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, inv_sa, s1, inv_s1, c, recompute_eps,
+                                                  sap, cdir, sigma)
             else:
                 for i in range(m):
-                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], 0.0, sa, s1, c, recompute_eps, sap, cdir, 0.0)
+                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], 0.0, sa, inv_sa, s1, inv_s1, c, recompute_eps,
+                                                  sap, cdir, 0.0)
 
 
 @_kernel

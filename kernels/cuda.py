@@ -100,7 +100,7 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
 
 # ---------------------------------------------------------------------------- samplers
 @cuda.jit
-def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
+def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
     B, n = x.shape
     if mode != NOISE_PHILOX:
@@ -108,7 +108,7 @@ def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out
             b = idx // n
             i = idx - b * n
             z = noise[b, i] if mode == NOISE_GIVEN else 0.0
-            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], z, sa, s1, c, cx0, cx, std)
+            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], z, inv_sa, s1, c, cx0, cx, std)
         return
     ng = (n + 3) // 4
     for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
@@ -118,11 +118,12 @@ def ddpm(x, eps, noise, sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out
         for k in range(min(4, n - 4 * g)):
             i = 4 * g + k
             out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                sa, s1, c, cx0, cx, std)
+                                                inv_sa, s1, c, cx0, cx, std)
 
 
 @cuda.jit
-def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out, x0_out):
+def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out,
+         x0_out):
     """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
     B, n = x.shape
     if mode != NOISE_PHILOX:
@@ -130,7 +131,8 @@ def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1
             b = idx // n
             i = idx - b * n
             z = noise[b, i] if mode == NOISE_GIVEN else 0.0
-            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, s1, c, recompute_eps, sap, cdir, sigma)
+            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, inv_sa, s1, inv_s1, c, recompute_eps,
+                                                sap, cdir, sigma)
         return
     ng = (n + 3) // 4
     for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
@@ -140,7 +142,7 @@ def ddim(x, eps, noise, sa, s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1
         for k in range(min(4, n - 4 * g)):
             i = 4 * g + k
             out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                sa, s1, c, recompute_eps, sap, cdir, sigma)
+                                                sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma)
 
 
 @cuda.jit

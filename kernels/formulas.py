@@ -107,24 +107,27 @@ def q_sample_elem(x0, eps, a, s):
     return a * f64(x0) + s * f64(eps)
 
 
-def x0_from_eps(x, eps, sa, s1, c):
-    """``x0_hat = (x - sqrt(1-ab) eps) / sqrt(ab)``, clamped to ``[-c, c]`` (Ho et al. 2020, eq. 15)."""
-    return clip((f64(x) - s1 * f64(eps)) / sa, c)
+def x0_from_eps(x, eps, inv_sa, s1, c):
+    """``x0_hat = (x - sqrt(1-ab) eps) / sqrt(ab)``, clamped to ``[-c, c]`` (Ho et al. 2020, eq. 15).
+    The division is a multiply by ``inv_sa = 1 / sqrt(ab)``: a vector divide costs as much as the
+    memory traffic of the whole update on these CPUs (DDIM ran at 57 % of the speed with two)."""
+    return clip((f64(x) - s1 * f64(eps)) * inv_sa, c)
 
 
-def ddpm_elem(x, eps, z, sa, s1, c, cx0, cx, std):
+def ddpm_elem(x, eps, z, inv_sa, s1, c, cx0, cx, std):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2, posterior-mean form eq. 7):
     ``x_prev = cx0 x0_hat + cx x + std z``. Returns ``(x_prev, x0_hat)``."""
-    x0 = x0_from_eps(x, eps, sa, s1, c)
+    x0 = x0_from_eps(x, eps, inv_sa, s1, c)
     return cx0 * x0 + cx * f64(x) + std * f64(z), x0
 
 
-def ddim_elem(x, eps, z, sa, s1, c, recompute_eps, sap, cdir, sigma):
+def ddim_elem(x, eps, z, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma):
     """DDIM step (Song et al. 2021a, eq. 12):
     ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma z``; with clipping,
-    ``eps`` is recomputed from the clipped ``x0_hat``. Returns ``(x_prev, x0_hat)``."""
-    x0 = x0_from_eps(x, eps, sa, s1, c)
-    e = (f64(x) - sa * x0) / s1 if recompute_eps else f64(eps)
+    ``eps`` is recomputed from the clipped ``x0_hat``, ``(x - sqrt(ab) x0_hat) / sqrt(1 - ab)``.
+    Returns ``(x_prev, x0_hat)``."""
+    x0 = x0_from_eps(x, eps, inv_sa, s1, c)
+    e = (f64(x) - sa * x0) * inv_s1 if recompute_eps else f64(eps)
     return sap * x0 + cdir * e + sigma * f64(z), x0
 
 
@@ -190,19 +193,20 @@ def seed_key(seed) -> tuple[int, int]:
 
 
 def ddpm_coefficients(alpha_bar, alpha_bar_prev, beta, alpha, posterior_variance, add_noise=True):
-    """``(sa, s1, cx0, cx, std)`` for :func:`ddpm_elem` (Ho et al. 2020, eqs. 7 and 15)."""
+    """``(inv_sa, s1, cx0, cx, std)`` for :func:`ddpm_elem` (Ho et al. 2020, eqs. 7 and 15)."""
     ab, abp = float(alpha_bar), float(alpha_bar_prev)
     std = math.sqrt(float(posterior_variance)) if add_noise else 0.0
-    return (math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp) * float(beta) / (1.0 - ab),
+    return (1.0 / math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp) * float(beta) / (1.0 - ab),
             math.sqrt(float(alpha)) * (1.0 - abp) / (1.0 - ab), std)
 
 
 def ddim_coefficients(alpha_bar, alpha_bar_prev, eta):
-    """``(sa, s1, sap, cdir, sigma)`` for :func:`ddim_elem` (Song et al. 2021a, eqs. 12 and 16):
-    ``sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev))``."""
+    """``(sa, inv_sa, s1, inv_s1, sap, cdir, sigma)`` for :func:`ddim_elem` (Song et al. 2021a,
+    eqs. 12 and 16): ``sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev))``."""
     ab, abp = float(alpha_bar), float(alpha_bar_prev)
     sigma = float(eta) * math.sqrt((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp))
-    return math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp), math.sqrt(max(1.0 - abp - sigma**2, 0.0)), sigma
+    sa, s1 = math.sqrt(ab), math.sqrt(1.0 - ab)
+    return sa, 1.0 / sa, s1, 1.0 / s1, math.sqrt(abp), math.sqrt(max(1.0 - abp - sigma**2, 0.0)), sigma
 
 
 def langevin_coefficients(step_size):

@@ -369,8 +369,8 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
     coefs = ddpm_coefficients(schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.betas[t],
                               schedule.alphas[t], schedule.posterior_variance[t], add_noise=t > 0)
     if x.numel():
-        sa, s1, cx0, cx, std = coefs
-        _launch("ddpm", x, [x, eps, x if noise is None else noise, sa, s1, c, cx0, cx, std, mode]
+        inv_sa, s1, cx0, cx, std = coefs
+        _launch("ddpm", x, [x, eps, x if noise is None else noise, inv_sa, s1, c, cx0, cx, std, mode]
                 + _seed_args(seed, step) + [o, o0], draws_noise=mode == _NOISE_PHILOX)
     return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
 
@@ -410,7 +410,8 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
     from minidiff.kernels.formulas import ddim_coefficients
 
     ab_prev = 1.0 if tp < 0 else float(schedule.alpha_bar[tp])
-    sa, s1, sap, cdir, sigma = ddim_coefficients(schedule.alpha_bar[t], ab_prev, eta)
+    coefs = ddim_coefficients(schedule.alpha_bar[t], ab_prev, eta)
+    sigma = coefs[-1]
     c = _clip_value(clip_x0)
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
     o, o0 = _sampler_outputs(x, eps, noise, out, x0_out)
@@ -418,8 +419,10 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
         xp, x0 = _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0)
         return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
     if x.numel():
-        _launch("ddim", x, [x, eps, x if noise is None else noise, sa, s1, c, clip_x0 is not None, sap, cdir,
-                            sigma, mode] + _seed_args(seed, step) + [o, o0], draws_noise=mode == _NOISE_PHILOX)
+        sa, inv_sa, s1, inv_s1, sap, cdir, sigma = coefs
+        _launch("ddim", x, [x, eps, x if noise is None else noise, sa, inv_sa, s1, inv_s1, c, clip_x0 is not None,
+                            sap, cdir, sigma, mode] + _seed_args(seed, step) + [o, o0],
+                draws_noise=mode == _NOISE_PHILOX)
     return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
 
 

@@ -85,17 +85,17 @@ def test_q_sample_bad_index_gives_nan_not_out_of_bounds(kc):
 @pytest.mark.parametrize("mode", [F.NOISE_NONE, F.NOISE_GIVEN, F.NOISE_PHILOX])
 def test_ddpm_and_ddim(kc, dtype, mode):
     x, e, z = data(dtype)
-    sa, s1, cx0, cx, std = F.ddpm_coefficients(S.alpha_bar[9], S.alpha_bar_prev[9], S.betas[9], S.alphas[9],
+    inv_sa, s1, cx0, cx, std = F.ddpm_coefficients(S.alpha_bar[9], S.alpha_bar_prev[9], S.betas[9], S.alphas[9],
                                                S.posterior_variance[9])
     ulps = 0 if dtype == np.float32 else 2
-    args = [x, e, z, sa, s1, 1.0, cx0, cx, std, mode, *KEY, 4, np.zeros_like(x), np.zeros_like(x)]
+    args = [x, e, z, inv_sa, s1, 1.0, cx0, cx, std, mode, *KEY, 4, np.zeros_like(x), np.zeros_like(x)]
     got = run(kc, "ddpm", args, GRIDS[1], n_out=2)
     want = [np.zeros_like(x), np.zeros_like(x)]
     cpu.ddpm(*args[:-2], *want)
     for g, w in zip(got, want):
         same(g, w, ulps)
-    sa, s1, sap, cdir, sigma = F.ddim_coefficients(S.alpha_bar[9], S.alpha_bar[3], 0.7)
-    args = [x, e, z, sa, s1, 1.0, True, sap, cdir, sigma, mode, *KEY, 4, np.zeros_like(x), np.zeros_like(x)]
+    coefs = F.ddim_coefficients(S.alpha_bar[9], S.alpha_bar[3], 0.7)
+    args = [x, e, z, *coefs[:4], 1.0, True, *coefs[4:], mode, *KEY, 4, np.zeros_like(x), np.zeros_like(x)]
     got = run(kc, "ddim", args, GRIDS[0], n_out=2)
     want = [np.zeros_like(x), np.zeros_like(x)]
     cpu.ddim(*args[:-2], *want)
