@@ -111,13 +111,13 @@ def _check_step(seed, step):
         raise ValueError(f"step must be an int in [0, 2**32), got {step!r}")
 
 
-def _noise_source(x, noise, seed, step, needed: bool):
+def _noise_source(x, noise, seed, step, needed: bool, ref: str = "x"):
     """``(mode, noise tensor or None, seed)`` after validating ``noise`` / ``seed`` / ``step``."""
     _check_step(seed, step)
     if not needed:
         return _NOISE_NONE, None, seed
     if noise is not None:
-        return _NOISE_GIVEN, _like(x, noise, "noise"), seed
+        return _NOISE_GIVEN, _like(x, noise, "noise", ref), seed
     if seed is None:
         raise ValueError("pass either noise= (a tensor shaped like x) or seed= (an int)")
     return _NOISE_PHILOX, None, int(seed)
@@ -253,27 +253,32 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device == b.device and a0 < b1 and b0 < a1
 
 
-def _out(x: torch.Tensor, out, name: str, inputs: dict, in_place_ok: bool = True, taken=()) -> torch.Tensor:
-    """``out`` checked as an output for an update of ``x``: a fresh array when ``out`` is None, else
-    a contiguous, writeable array like ``x`` (the first of ``inputs``) that is either exactly one of them (in place,
-    when ``in_place_ok``) or disjoint from all of them and from the other outputs ``taken``."""
+def _out(x: torch.Tensor, out, name: str, inputs: dict, in_place_ok: bool = True, taken=(),
+         allocate: bool = True):
+    """``out`` checked as an output for an update of ``x``: when ``out`` is None, a fresh array (or
+    None unless ``allocate``); else a contiguous, writeable array like ``x`` (the first of
+    ``inputs``) that is either exactly one of them (in place, when ``in_place_ok``) or shares no
+    memory with any of them, nor with the other outputs ``taken``."""
     if out is None:
-        return _empty_like(x)
+        return _empty_like(x) if allocate else None
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        raise ValueError(f"{name} must not require grad: the update writes it outside autograd")
     t = _like(x, out, name, ref=next(iter(inputs)))
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (the kernels write it in place), got strides {t.stride()}")
     for other_name, other in inputs.items():
         if other is None or not _overlap(t, other):
             continue
-        same = t.data_ptr() == other.data_ptr() and t.stride() == other.stride() and t.shape == other.shape
+        same = t.data_ptr() == other.data_ptr() and other.is_contiguous()  # shapes are equal (_like)
         if not in_place_ok:
             raise ValueError(f"{name} overlaps {other_name}: the stencil reads neighbours, so its output "
                              f"must not share memory with its input")
         if not same:
-            raise ValueError(f"{name} partly overlaps {other_name}: an output may be exactly an input "
-                             f"(an in-place update) but must not partly overlap one")
+            raise ValueError(f"{name} partly overlaps {other_name} (their memory ranges intersect): an output "
+                             f"may be exactly an input (an in-place update) but must not share memory with one "
+                             f"otherwise")
     for other_name, other in taken:
         if _overlap(t, other):
             raise ValueError(f"{name} must not overlap {other_name}")
@@ -327,8 +332,8 @@ def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, out=None, backe
         noise, seed = None, int(noise)
     name, numpy_in, x0 = _resolve(backend), isinstance(x0, np.ndarray), _as_tensor(x0, "x0")
     t = _t_vector(t_index, x0.shape[0], schedule)
-    mode, noise, seed = _noise_source(x0, noise, seed, step, needed=True)
-    o = _out(x0, out, "out", {"x0": x0, "noise": noise})
+    mode, noise, seed = _noise_source(x0, noise, seed, step, needed=True, ref="x0")
+    o = _out(x0, out, "out", {"x0": x0, "noise": noise}, allocate=name == "numba")
     if name == "torch":
         eps = _noise(x0, noise, seed, step)
         a = schedule.at("sqrt_alpha_bar", t, x0)
@@ -360,7 +365,7 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
     t = _t_scalar(t_index, schedule)
     c = _clip_value(clip_x0)
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=t > 0)
-    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out)
+    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out, allocate=name == "numba")
     if name == "torch":
         xp, x0 = _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0)
         return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
@@ -375,11 +380,11 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
     return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
 
 
-def _sampler_outputs(x, eps, noise, out, x0_out):
+def _sampler_outputs(x, eps, noise, out, x0_out, allocate):
     """``out`` and ``x0_out`` of a DDPM/DDIM step: each may be one of the inputs, not each other."""
     inputs = {"x": x, "eps": eps, "noise": noise}
-    o = _out(x, out, "out", inputs)
-    return o, _out(x, x0_out, "x0_out", inputs, taken=[("out", o)])
+    o = _out(x, out, "out", inputs, allocate=allocate)
+    return o, _out(x, x0_out, "x0_out", inputs, taken=[("out", o)] if o is not None else (), allocate=allocate)
 
 
 def _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0):
@@ -414,7 +419,7 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
     sigma = coefs[-1]
     c = _clip_value(clip_x0)
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
-    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out)
+    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out, allocate=name == "numba")
     if name == "torch":
         xp, x0 = _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0)
         return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
@@ -444,7 +449,7 @@ def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend, out):
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     score = x if score is None else _like(x, score, "score")
     mode, noise, seed = _noise_source(x, noise, seed, step, needed=needed)
-    o = _out(x, out, "out", {"x": x, "score": score, "noise": noise})
+    o = _out(x, out, "out", {"x": x, "score": score, "noise": noise}, allocate=name == "numba")
     if name == "torch":
         z = _noise(x, noise, seed, step) if needed else None
         return _result(torch_fn(x, score, z), o, out, numpy_in)
@@ -494,7 +499,8 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
     name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
     score, x_euler = _like(x, score, "score"), _like(x, x_euler, "x_euler")
     score_euler = _like(x, score_euler, "score_euler")
-    o = _out(x, out, "out", {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler})
+    o = _out(x, out, "out", {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler},
+             allocate=name == "numba")
     if name == "torch":
         d1 = drift_coef * x - 0.5 * diffusion**2 * score
         d2 = drift_coef_next * x_euler - 0.5 * diffusion_next**2 * score_euler
@@ -535,7 +541,7 @@ def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     ``u``: ``(B, N)`` (any leading axes are batch)."""
     name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
     r = _check_stencil(D, dt, dx, bc, 0.5, allow_unstable)
-    o = _out(u, out, "out", {"u": u}, in_place_ok=False)
+    o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
     if name == "torch":
         left, right = _neighbours(u, -1, bc)
         new = u + r * (left - 2 * u + right)
@@ -554,7 +560,7 @@ def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     if u.ndim < 2:
         raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(u.shape)}")
     r = _check_stencil(D, dt, dx, bc, 0.25, allow_unstable)
-    o = _out(u, out, "out", {"u": u}, in_place_ok=False)
+    o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
     if name == "torch":
         (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
         new = u + r * (l + rt + up + dn - 4 * u)

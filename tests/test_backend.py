@@ -157,6 +157,15 @@ def test_in_place_over_many_threads_matches_out_of_place():
     torch.testing.assert_close(e, want0, rtol=0, atol=0)
 
 
+def test_in_place_through_another_view_of_the_same_memory():
+    """``a[None]`` and ``a.reshape(1, n)`` are the same memory with different strides on the length-1 axis."""
+    a = np.linspace(-1, 1, 6)
+    want = B.langevin_step(a[None].copy(), np.ones((1, 6)), 0.1, seed=0)
+    got = B.langevin_step(a[None], np.ones((1, 6)), 0.1, seed=0, out=a.reshape(1, 6))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(a, want[0])
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_bad_out_is_refused_naming_the_argument(backend):
     x = torch.randn(4, 6)
@@ -168,6 +177,10 @@ def test_bad_out_is_refused_naming_the_argument(backend):
         lang(out=torch.empty(4, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match="out must be contiguous"):
         lang(out=torch.empty(6, 4).t())
+    with pytest.raises(ValueError, match="out must not require grad"):
+        lang(out=torch.zeros(4, 6, requires_grad=True))
+    with pytest.raises(ValueError, match="noise must have shape .* like x0"):
+        B.q_sample(x, 0, torch.zeros(3, 6), S, backend=backend)
     with pytest.raises(ValueError, match="out must be writeable"):
         ro = np.empty((4, 6), np.float32)
         ro.flags.writeable = False
