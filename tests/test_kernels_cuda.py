@@ -69,3 +69,17 @@ def test_runs_on_torch_current_stream_and_outputs_are_torch_allocated():
     s.synchronize()
     assert y.is_cuda and y.device == x.device
     check(y, B.langevin_step(x.cpu(), x.cpu(), 0.1, seed=0))
+
+
+def test_out_on_the_gpu_is_written_in_place_and_returned():
+    gen = torch.Generator().manual_seed(1)
+    x, e = (torch.randn(4, 2000, generator=gen) for _ in range(2))
+    want, want0 = B.ddpm_step(x, e, 100, S, seed=3, clip_x0=1.0)
+    xg, eg = x.cuda(), e.cuda()
+    o, o0 = torch.full_like(xg, float("nan")), torch.full_like(xg, float("nan"))
+    got, got0 = B.ddpm_step(xg, eg, 100, S, seed=3, clip_x0=1.0, out=o, x0_out=o0)
+    assert got is o and got0 is o0
+    check((o, o0), (want, want0))
+    got = B.langevin_step(xg, eg, 0.1, seed=0, out=xg)  # in place
+    assert got is xg
+    check(xg, B.langevin_step(x, e, 0.1, seed=0))
