@@ -109,43 +109,39 @@ def cases(n: int, device: str, dtype=torch.float32):
     f, gg, dt = -0.5 * 10.0, math.sqrt(10.0), 1e-3
     heun = dict(drift_coef=f, diffusion=gg, drift_coef_next=f, diffusion_next=gg, dt=dt)
     npy = lambda fn: fn if device == "cpu" else None  # noqa: E731
+
+    def backend(call, **outs):
+        """``numba``: ``call()`` allocating its outputs; ``out``: the same call writing into ``outs``."""
+        return {"numba": call, "out": lambda: call(**outs)}
+
     return [
         ("q_sample, noise given", 3, 0, {
-            "numba": lambda: B.q_sample(x, t, e, S),
-            "out": lambda: B.q_sample(x, t, e, S, out=o),
+            **backend(lambda **kw: B.q_sample(x, t, e, S, **kw), out=o),
             "torch": lambda: torch_add_noise(x, e, t),
             "numpy": npy(lambda: ab_mid[0] * xn + ab_mid[1] * en)}),
         ("q_sample, seed (in-kernel noise)", 2, n, {
-            "numba": lambda: B.q_sample(x, t, None, S, seed=1),
-            "out": lambda: B.q_sample(x, t, None, S, seed=1, out=o),
+            **backend(lambda **kw: B.q_sample(x, t, None, S, seed=1, **kw), out=o),
             "torch": lambda: torch_add_noise(x, torch.randn(shape, dtype=dtype, device=device), t)}),
         ("DDPM step + clip, noise given", 5, 0, {
-            "numba": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, clip_x0=1.0),
-            "out": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, clip_x0=1.0, out=o, x0_out=o0),
+            **backend(lambda **kw: B.ddpm_step(x, e, T_MID, S, noise=z, clip_x0=1.0, **kw), out=o, x0_out=o0),
             "torch": lambda: torch_ddpm_step(x, e, T_MID, z)}),
         ("DDPM step + clip, seed", 4, n, {
-            "numba": lambda: B.ddpm_step(x, e, T_MID, S, seed=1, clip_x0=1.0),
-            "out": lambda: B.ddpm_step(x, e, T_MID, S, seed=1, clip_x0=1.0, out=o, x0_out=o0),
+            **backend(lambda **kw: B.ddpm_step(x, e, T_MID, S, seed=1, clip_x0=1.0, **kw), out=o, x0_out=o0),
             "torch": lambda: torch_ddpm_step(x, e, T_MID)}),
         ("DDIM step, eta=0", 4, 0, {
-            "numba": lambda: B.ddim_step(x, e, T_MID, T_MID - 20, S),
-            "out": lambda: B.ddim_step(x, e, T_MID, T_MID - 20, S, out=o, x0_out=o0),
+            **backend(lambda **kw: B.ddim_step(x, e, T_MID, T_MID - 20, S, **kw), out=o, x0_out=o0),
             "torch": lambda: torch_ddim_step(x, e, T_MID, T_MID - 20)}),
         ("reverse-SDE EM step, noise given", 4, 0, {
-            "numba": lambda: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, noise=z),
-            "out": lambda: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, noise=z, out=o),
+            **backend(lambda **kw: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, noise=z, **kw), out=o),
             "torch": lambda: torch_em_step(x, e, f, gg, dt, z)}),
         ("reverse-SDE EM step, seed", 3, n, {
-            "numba": lambda: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, seed=1),
-            "out": lambda: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, seed=1, out=o),
+            **backend(lambda **kw: B.reverse_sde_step(x, e, drift_coef=f, diffusion=gg, dt=dt, seed=1, **kw), out=o),
             "torch": lambda: torch_em_step(x, e, f, gg, dt)}),
         ("PF-ODE Heun step", 5, 0, {
-            "numba": lambda: B.pf_ode_heun_step(x, e, x2, e2, **heun),
-            "out": lambda: B.pf_ode_heun_step(x, e, x2, e2, **heun, out=o),
+            **backend(lambda **kw: B.pf_ode_heun_step(x, e, x2, e2, **heun, **kw), out=o),
             "torch": lambda: B.pf_ode_heun_step(x, e, x2, e2, **heun, backend="torch")}),
         ("FTCS 2-D stencil (periodic)", 2, 0, {
-            "numba": lambda: B.ftcs_step_2d(u, 1.0, 0.2, 1.0),
-            "out": lambda: B.ftcs_step_2d(u, 1.0, 0.2, 1.0, out=uo),
+            **backend(lambda **kw: B.ftcs_step_2d(u, 1.0, 0.2, 1.0, **kw), out=uo),
             "torch": lambda: torch_stencil(u, 0.2),
             "numpy": npy(lambda: numpy_stencil(un, 0.2))}),
         ("normal (Philox + Box-Muller)", 1, n, {

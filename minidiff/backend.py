@@ -240,12 +240,10 @@ def _empty_like(x) -> torch.Tensor:
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
-    """The byte range ``[lo, hi)`` that tensor ``t`` can touch."""
+    """The byte range ``[lo, hi)`` that tensor ``t`` can touch (torch strides are never negative)."""
     if t.numel() == 0:
         return 0, 0
-    lo = t.data_ptr() + t.element_size() * sum(min(0, (n - 1) * s) for n, s in zip(t.shape, t.stride()))
-    hi = t.data_ptr() + t.element_size() * (1 + sum(max(0, (n - 1) * s) for n, s in zip(t.shape, t.stride())))
-    return lo, hi
+    return t.data_ptr(), t.data_ptr() + t.element_size() * (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
