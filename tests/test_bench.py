@@ -1,5 +1,6 @@
 """kernels/bench.py still runs and prints a complete table (its figures live in BENCHMARKS.md; no
 timing is asserted here)."""
+import math
 import subprocess
 import sys
 
@@ -13,8 +14,11 @@ def test_bench_prints_every_case_with_figures():
     for case in ("q_sample, noise given", "DDPM step + clip, seed", "DDIM step, eta=0", "PF-ODE Heun step",
                  "FTCS 2-D stencil (periodic)", "normal (Philox + Box-Muller)"):
         assert case in names, names
-    for cells in rows[2:]:  # the kernels: GB/s, and x torch eager, are positive numbers
-        assert float(cells[2]) > 0 and float(cells[6]) > 0, cells
-        if not cells[0].strip().startswith("normal"):
-            assert float(cells[4]) > 0, cells  # the out= column
+    # every figure is a number: GB/s, % of copy, x torch eager, and the out= columns except for normal().
+    # Their values are timings, printed to 0.1 (a loaded 64 KB call can print 0.0), so none is asserted.
+    for cells in rows[2:]:
+        figures = [2, 3, 6] if cells[0].strip().startswith("normal") else [2, 3, 4, 5, 6]
+        for k in figures:
+            v = float(cells[k])
+            assert math.isfinite(v) and v >= 0, cells
     assert "a second kernel's first call" in r.stdout
