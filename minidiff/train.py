@@ -49,7 +49,7 @@ from .unet import MLPConfig, UNetConfig, build_model, config_from_dict, config_t
 __all__ = [
     "TrainRecord", "TrainState", "ScheduleSpec", "Preset", "PRESETS", "train_steps", "run", "lr_at",
     "diffusion_loss", "training_data", "save_checkpoint", "load_checkpoint", "save_weights",
-    "load_weights", "load_pretrained", "PRETRAINED", "main",
+    "load_weights", "load_pretrained", "PRETRAINED", "main", "DDPMObjective", "OBJECTIVES", "get_objective",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -117,6 +117,7 @@ class Preset:
     p_uncond: float = 0.1             # label dropout for classifier-free guidance (conditional models)
     seed: int = 0
     checkpoint_every: int = 250
+    objective: str = "ddpm"           # a key of OBJECTIVES: what is regressed on what
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -186,6 +187,44 @@ def diffusion_loss(model: nn.Module, x0, schedule: Schedule, t_index, noise, y=N
     return torch.mean((pred - target) ** 2)
 
 
+@dataclass(frozen=True)
+class DDPMObjective:
+    """The DDPM objective (Ho et al. 2020, eq. 14): ``t_index ~ U{0..T-1}``, ``eps ~ N(0, I)``,
+    regression by :func:`diffusion_loss` on the target the model's ``config.prediction`` names.
+
+    An objective is the part of a training step that differs between model families: ``draw`` makes
+    the step's random time coordinate and noise from the step's generator (the determinism contract:
+    nothing else is drawn), ``loss`` turns a batch and those draws into a scalar loss. The training loop,
+    EMA, checkpoints and CLI are shared; a new family adds its objective class to :data:`OBJECTIVES`.
+    """
+
+    name: str = "ddpm"
+
+    def draw(self, g: torch.Generator, batch_size: int, shape: tuple[int, ...], schedule: Schedule):
+        t_index = torch.randint(0, schedule.T, (batch_size,), generator=g)        # (B,)
+        noise = torch.randn((batch_size,) + tuple(shape), generator=g)           # (B, ...)
+        return t_index, noise
+
+    def loss(self, net: nn.Module, x0, time, noise, y, schedule: Schedule) -> torch.Tensor:
+        return diffusion_loss(net, x0, schedule, time, noise.to(dtype=x0.dtype), y)
+
+
+# Objective name (stored in presets and checkpoints as data) -> its class.
+OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective}
+
+
+def get_objective(objective) -> object:
+    """An objective instance from a name in :data:`OBJECTIVES` (or an instance, returned as is)."""
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+        return OBJECTIVES[objective]()
+    if not (callable(getattr(objective, "draw", None)) and callable(getattr(objective, "loss", None))):
+        raise ValueError(f"objective must be a name in {sorted(OBJECTIVES)} or have draw() and loss(), "
+                         f"got {type(objective).__name__}")
+    return objective
+
+
 def lr_at(step: int, lr: float, warmup: int, total: int, min_frac: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``lr * min_frac`` at ``total``
     (Loshchilov & Hutter 2017). ``step`` is the 0-based index of the step about to be taken."""
@@ -220,7 +259,7 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, steps: int,
                 batch_size: int = 128, lr: float = 2e-3, seed: int = 0, labels: torch.Tensor | None = None,
                 warmup: int = 0, lr_min_frac: float = 1.0, ema_decay: float = 0.999, grad_clip: float | None = 1.0,
-                p_uncond: float = 0.1, progress: bool = False) -> Iterator[TrainRecord]:
+                p_uncond: float = 0.1, progress: bool = False, objective="ddpm") -> Iterator[TrainRecord]:
     """Train ``state`` from ``state.step`` up to ``steps`` total steps, yielding one record per step.
 
     ``data``: ``(N, ...)`` training examples (on the model's device); ``labels``: ``(N,)`` for a
@@ -228,9 +267,11 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
     EMA: ``ema = d ema + (1 - d) params`` with ``d = min(ema_decay, (1 + s) / (10 + s))``.
     Under ``torch.distributed`` the model is wrapped in DistributedDataParallel and each rank trains on
     its slice of the same global batch (``batch_size`` must be divisible by the world size).
+    ``objective``: a name in :data:`OBJECTIVES` or an object with ``draw``/``loss`` (see :class:`DDPMObjective`).
     """
     from tqdm.auto import tqdm
 
+    objective = get_objective(objective)
     world, rank = _dist()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world}")
@@ -247,7 +288,7 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
         net = state._ddp
     local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     device = data.device
-    N, T = data.shape[0], schedule.T
+    N = data.shape[0]
     state.model.train()
     bar = tqdm(total=steps, initial=state.step, disable=not progress or rank != 0, desc="train", leave=False)
     try:
@@ -255,8 +296,7 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
             s = state.step
             g = step_generator(seed, s)
             idx = torch.randint(0, N, (batch_size,), generator=g)[local]
-            t = torch.randint(0, T, (batch_size,), generator=g)[local]
-            noise = torch.randn((batch_size,) + tuple(data.shape[1:]), generator=g)[local]
+            time_draw, noise = (d[local] for d in objective.draw(g, batch_size, tuple(data.shape[1:]), schedule))
             drop = torch.rand(batch_size, generator=g)[local] < p_uncond
             x0 = data[idx.to(device)]
             y = None
@@ -265,7 +305,7 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
             cur_lr = lr_at(s, lr, warmup, steps, lr_min_frac)
             for grp in state.optimizer.param_groups:
                 grp["lr"] = cur_lr
-            loss = diffusion_loss(net, x0, schedule, t.to(device), noise.to(device=device, dtype=data.dtype), y)
+            loss = objective.loss(net, x0, time_draw.to(device), noise.to(device), y, schedule)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -417,7 +457,7 @@ def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True
         for rec in train_steps(state, x, schedule, steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
                                seed=preset.seed, labels=y, warmup=preset.warmup, lr_min_frac=preset.lr_min_frac,
                                ema_decay=preset.ema_decay, grad_clip=preset.grad_clip, p_uncond=preset.p_uncond,
-                               progress=progress):
+                               progress=progress, objective=preset.objective):
             if log is not None:
                 log.write(json.dumps({"step": rec.step, "loss": rec.loss, "lr": rec.lr,
                                       "time": round(time.perf_counter() - t0, 3)}) + "\n")
