@@ -224,3 +224,12 @@ def test_feature_cache_follows_parameters_and_releases_classifiers():
     del clf
     gc.collect()
     assert ref() is None  # the cache does not keep classifiers alive
+
+
+def test_no_pickle_in_metrics_sources():
+    from pathlib import Path
+
+    for f in sorted((Path(metrics.__file__).parent).glob("*.py")):
+        src = f.read_text()
+        for banned in ("torch.save", "torch.load", "import pickle"):
+            assert banned not in src, f"{banned} in {f.name}"
