@@ -207,7 +207,10 @@ class QualityReport:
     """The headline digits measure: KID of the samples against the test digits with its real-vs-real
     ``floor`` (held-out train digits vs the test digits, both unseen by the classifier, at the same
     ``n`` up to the held-out size), precision and recall, and FD-digits with its floor as a secondary
-    column."""
+    column. ``floor_precision`` / ``floor_recall``: the same for the floor's real digits, the values a
+    perfect model would get at these sample sizes (k-NN manifolds make them less than 1).
+    :meth:`beyond_floor`: the KID interval lies wholly above the floor's, i.e. the samples are
+    distinguishable from real digits at this n."""
 
     kid: Estimate
     floor: Estimate
@@ -216,6 +219,8 @@ class QualityReport:
     fd: float
     fd_floor: float
     n: int
+    floor_precision: float | None = None
+    floor_recall: float | None = None
 
     @property
     def value(self) -> float:
@@ -225,11 +230,17 @@ class QualityReport:
     def se(self) -> float:
         return self.kid.se
 
+    def beyond_floor(self, z: float = 2.0) -> bool:
+        """Whether the KID's ``z``-SE interval lies wholly above the floor's (distinguishable from real)."""
+        return self.kid.interval(z)[0] > self.floor.interval(z)[1]
+
     def __str__(self) -> str:
-        d = _decimals_for(min(s for s in (self.kid.se, self.floor.se) if s > 0) if max(self.kid.se, self.floor.se) > 0 else 0.0)
+        d = _decimals_for(min((s for s in (self.kid.se, self.floor.se) if s > 0), default=0.0))
+        pr_floor = ("" if self.floor_precision is None or self.floor_recall is None
+                    else f" (floor {self.floor_precision:.3f}, {self.floor_recall:.3f})")
         return (f"KID {self.kid.value:.{d}f} ± {self.kid.se:.{d}f} (real-vs-real floor {self.floor.value:.{d}f} ± "
-                f"{self.floor.se:.{d}f}, n = {self.floor.n}); precision {self.precision:.3f}, recall {self.recall:.3f}; "
-                f"FD-digits {self.fd:.3g} (floor {self.fd_floor:.3g}); n = {self.n}")
+                f"{self.floor.se:.{d}f}, n = {self.floor.n}); precision {self.precision:.3f}, recall {self.recall:.3f}"
+                f"{pr_floor}; FD-digits {self.fd:.3g} (floor {self.fd_floor:.3g}); n = {self.n}")
 
 
 def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> QualityReport:
@@ -237,7 +248,7 @@ def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> Qu
     space (:func:`classifier_features`): :func:`kid` against the 359 test digits, the floor
     :func:`kid` of ``min(n, H)`` held-out train digits (drawn without replacement with ``seed``) against
     the same test digits -- both sides unseen by the classifier (:func:`classifier_split`) --,
-    :func:`precision_recall` with the test digits as the real set, and FD-digits
+    :func:`precision_recall` with the test digits as the real set (also for the floor's digits), and FD-digits
     (:func:`frechet_distance`) for the samples and for the floor's digits."""
     seed = _check_count(seed, "seed", 0)
     feats = classifier_features(samples, classifier)
@@ -245,10 +256,12 @@ def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> Qu
     test = _reference_features(classifier, "test")
     floor_feats = _floor_features(n, classifier, seed)
     precision, recall = precision_recall(test, feats, k=k)
+    floor_precision, floor_recall = precision_recall(test, floor_feats, k=k)
     floor = kid(floor_feats, test)
     return QualityReport(kid=kid(feats, test), floor=Estimate("KID floor", floor.value, floor.se, floor.n),
                          precision=precision, recall=recall, fd=frechet_distance(feats, test),
-                         fd_floor=frechet_distance(floor_feats, test), n=n)
+                         fd_floor=frechet_distance(floor_feats, test), n=n,
+                         floor_precision=floor_precision, floor_recall=floor_recall)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -277,7 +290,8 @@ def compare(results: dict, z: float = 2.0) -> str:
     ses = [e.se for _, e, _ in rows if e.se > 0]
     d = _decimals_for(min(ses)) if ses else 4
     quality = any(q is not None for _, _, q in rows)
-    cells = [["", rows[0][1].name, "SE", f"interval (±{z:g} SE)", "n"]
+    names = {e.name for _, e, _ in rows}
+    cells = [["", names.pop() if len(names) == 1 else "value", "SE", f"interval (±{z:g} SE)", "n"]
              + (["floor", "precision", "recall"] if quality else [])]
     for name, e, q in rows:
         lo, hi = e.interval(z)
