@@ -190,7 +190,7 @@ def class_histogram(x, classifier=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- reference features, cached
-# Cached on the classifier itself (a WeakKeyDictionary, so a classifier that goes away takes its cache
+# Cached per classifier in a WeakKeyDictionary (so a classifier that goes away takes its cache
 # with it) and keyed by a digest of its parameters, so training it further cannot serve stale features.
 _feature_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[str, dict]]" = weakref.WeakKeyDictionary()
 
