@@ -167,3 +167,12 @@ def test_train_classifier_cli_writes_to_the_working_directory(tmp_path, monkeypa
     clf = metrics.load_classifier(tmp_path / "classifier.safetensors")
     assert isinstance(clf, metrics.DigitClassifier)
     assert metrics.CLASSIFIER_PATH.stat().st_mtime_ns == shipped  # the package was not written
+
+
+def test_python_dash_m_minidiff_metrics_runs_the_cli():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "minidiff.metrics", "train-classifier", "--epochs", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--epochs: expected a positive integer" in r.stderr
