@@ -320,6 +320,49 @@ def test_kernels_cache_in_a_versioned_directory(tmp_path, monkeypatch):
         _cache.source_hash.cache_clear()
 
 
+_COMPILE_ONE = ("import warnings, numpy as np; warnings.simplefilter('always');"
+                "from minidiff.kernels import cpu, _cache;"
+                "assert cpu.philox_block(0, 0, 0, 0, 0, 0) == (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8);"
+                "print(_cache.cache_dir())")
+
+
+def _in_fresh_process(cache_root):
+    env = dict(os.environ, MINIDIFF_CACHE_DIR=str(cache_root))
+    return subprocess.run([sys.executable, "-c", _COMPILE_ONE], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_kernel_cache_directories_are_private(tmp_path):
+    """Issue 14.8: the cache holds pickles numba loads, so its directories are 0700."""
+    root = tmp_path / "cache"
+    r = _in_fresh_process(root)
+    assert r.returncode == 0, r.stderr
+    d = type(tmp_path)(r.stdout.strip().splitlines()[-1])
+    dirs = [root, d] + [p for p in d.rglob("*") if p.is_dir()]
+    assert len(dirs) >= 3 and any(d.rglob("*.nbi"))
+    for p in dirs:
+        assert oct(p.stat().st_mode & 0o777) == "0o700", p
+
+
+@pytest.mark.parametrize("damage", ["truncate_nbc", "garble_nbc", "garble_nbi", "truncate_nbi"])
+def test_a_corrupt_cache_entry_is_dropped_and_recompiled(tmp_path, damage):
+    """Issue 14.8: a truncated .nbc or garbled .nbi is dropped with a warning, not an UnpicklingError
+    in every later process; the process after that loads the rewritten entry silently."""
+    root = tmp_path / "cache"
+    assert _in_fresh_process(root).returncode == 0
+    kind = damage.split("_")[1]
+    files = sorted(root.rglob(f"*philox_block*.{kind}"))
+    assert files, list(root.rglob("*"))
+    for f in files:
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2] if damage.startswith("truncate") else b"\x80\x05garbage" + data[::-1])
+    r = _in_fresh_process(root)
+    assert r.returncode == 0, r.stderr
+    assert "corrupt kernel cache entry" in r.stderr
+    r = _in_fresh_process(root)
+    assert r.returncode == 0 and "corrupt" not in r.stderr, r.stderr
+
+
 # ---------------------------------------------------------------------------- a whole sampler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ddpm_sampling_same_samples_through_both_backends(dtype):
