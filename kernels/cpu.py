@@ -111,7 +111,7 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     if t_index.shape[0] != x0.shape[0]:
         raise ValueError("t_index must have one entry per sample")
     B, n = x0.shape
-    T = sqrt_ab.shape[0]
+    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)

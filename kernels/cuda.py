@@ -73,7 +73,7 @@ def normal_fill(out, k0, k1, step):
 def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     """Forward noising with per-sample ``t_index`` (Ho et al. 2020, eq. 4); NaN for a bad index."""
     B, n = x0.shape
-    T = sqrt_ab.shape[0]
+    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
     if mode == NOISE_GIVEN:
         for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
             b = idx // n

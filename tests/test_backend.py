@@ -271,6 +271,76 @@ def test_unstable_stencil_raises_unless_allowed(fn, bound, shape):
         fn(u, 1.0, 0.1, 0.0)
 
 
+# ---------------------------------------------------------------------------- edge input, both backends alike
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (2, 0, 3)])
+@pytest.mark.parametrize("fn", ["ftcs1d", "ftcs2d"])
+def test_stencils_on_empty_input_agree(fn, shape):
+    """Issue 14.21: a ``(2, 0)`` stencil gives an empty result on both backends (torch raised)."""
+    if fn == "ftcs2d" and len(shape) < 3:
+        shape = shape + (4,)
+    got = {bk: calls(torch.zeros(shape))[fn](bk) for bk in ("numba", "torch")}
+    assert got["numba"].shape == got["torch"].shape == shape
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("clip", ["1", b"1", True, [1.0]])
+def test_clip_x0_must_be_a_real_number_on_both_backends(backend, clip):
+    """Issue 14.21: ``clip_x0='1'`` was accepted by numba and a bare TypeError from torch."""
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="clip_x0 must be a real number"):
+        B.ddpm_step(x, x, 5, S, seed=0, clip_x0=clip, backend=backend)
+    with pytest.raises(TypeError, match="clip_x0 must be a real number"):
+        B.ddim_step(x, x, 5, 2, S, clip_x0=clip, backend=backend)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_neither_backend_tracks_gradients_as_documented(name):
+    """Issue 14.21: the module docs say results never require grad; the same on both backends."""
+    assert "neither backend tracks them" in B.__doc__
+    x = torch.full((2, 1, 3, 3), 0.1, dtype=torch.float64, requires_grad=True)
+    for bk in ("numba", "torch"):
+        for r in as_tuple(calls(x)[name](bk)):
+            assert not r.requires_grad, bk
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_meta_tensor_error_names_the_argument_not_a_backend(backend):
+    """Issue 14.21: the torch backend's message for a meta tensor named "the numba backend"."""
+    m = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match=r"^x must be on a CPU or CUDA device, got device meta"):
+        B.ddpm_step(m, m, 5, S, seed=0, backend=backend)
+    with pytest.raises(ValueError, match=r"^eps must be on a CPU or CUDA device"):
+        B.ddpm_step(torch.zeros(2, 3), m, 5, S, seed=0, backend=backend)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_stride_numpy_input_is_accepted(name):
+    """Issue 14.22: a reversed numpy array is an ordinary input (torch.from_numpy refused it)."""
+    x = np.linspace(-1, 1, 2 * 9 * 4).reshape(4, 1, 3, 6)[::-1, :, :, ::-2]
+    assert any(st < 0 for st in x.strides)
+    want = calls(np.ascontiguousarray(x))[name]("numba")
+    for bk in ("numba", "torch"):
+        for g, w in zip(as_tuple(calls(x)[name](bk)), as_tuple(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_negative_stride_numpy_out_is_refused_naming_it():
+    x = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        B.langevin_step(x, x, 0.1, seed=0, out=np.zeros((4, 3))[::-1])
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_huge_t_index_gets_the_range_message(backend):
+    """Issue 14.22: ``t_index=10**20`` said "got dtype object"; now the range, naming t_index."""
+    x = torch.zeros(2, 3)
+    for t in (10**20, [0, 10**20], -(10**20)):
+        with pytest.raises(IndexError, match=r"t_index must lie in \[0, 99\]"):
+            B.q_sample(x, t, 0, S, backend=backend)
+    with pytest.raises(IndexError, match=r"t_index must lie in \[0, 99\]"):
+        B.ddpm_step(x, x, 10**20, S, seed=0, backend=backend)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         B.langevin_step(torch.zeros(1, 1), torch.zeros(1, 1), 0.1, seed=0, backend="jax")

@@ -81,6 +81,17 @@ def test_q_sample_bad_index_gives_nan_not_out_of_bounds(kc):
     assert np.isfinite(got[0]).all() and np.isnan(got[1:]).all()
 
 
+@pytest.mark.parametrize("mode", [F.NOISE_GIVEN, F.NOISE_PHILOX])
+def test_q_sample_checks_t_against_both_tables(kc, mode):
+    """Issue 14.23: with a shorter second table, a t only the first covers gives NaN."""
+    x, e, _ = data(np.float64)
+    t = np.array([0, 12, S.T - 1], dtype=np.int64)
+    short = np.ascontiguousarray(np.array(S.sqrt_one_minus_alpha_bar)[:10])
+    (got,) = run(kc, "q_sample", [x, e, t, np.array(S.sqrt_alpha_bar), short, mode, *KEY, 3, np.zeros_like(x)],
+                 GRIDS[0])
+    assert np.isfinite(got[0]).all() and np.isnan(got[1:]).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", [F.NOISE_NONE, F.NOISE_GIVEN, F.NOISE_PHILOX])
 def test_ddpm_and_ddim(kc, dtype, mode):
