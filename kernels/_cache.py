@@ -2,8 +2,8 @@
 
 numba's cache notices edits to the file that defines a kernel (``cpu.py``: its index stores that
 file's hash), not to the functions it calls in other files (``formulas.py``). So every kernel in this
-package is cached under a directory named after a hash of those other files (``formulas.py`` and this
-one) plus the numba version: editing a called function starts a fresh cache.
+package is cached under a directory named after a hash of those other files (``formulas.py``,
+``trajectories.py`` and this one) plus the numba version: editing a called function starts a fresh cache.
 
 Location: ``$MINIDIFF_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minidiff`` (``~/.cache/minidiff``),
 then ``numba-<numba version>-<hash>``. Functions defined outside this package keep numba's defaults.
@@ -27,7 +27,7 @@ import numba
 from numba.core import caching
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-_SOURCES = ("_cache.py", "formulas.py")  # what kernels call but numba does not track
+_SOURCES = ("_cache.py", "formulas.py", "trajectories.py")  # what kernels call but numba does not track
 
 
 @functools.lru_cache(maxsize=1)

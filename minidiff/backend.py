@@ -43,7 +43,7 @@ __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "normal",
     "q_sample", "ddpm_step", "ddim_step", "langevin_step", "reverse_sde_step",
     "pf_ode_euler_step", "pf_ode_heun_step", "ftcs_step_1d", "ftcs_step_2d", "walker_step",
-    "BOUNDARY_CONDITIONS", "ftcs_ratio",
+    "BOUNDARY_CONDITIONS", "ftcs_ratio", "gm_trajectories",
 ]
 
 BACKENDS = ("numba", "torch")
@@ -197,15 +197,18 @@ def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
     return t.reshape((-1,) + tuple(t.shape[t.ndim - space_dims:]))
 
 
-def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False):
+def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False,
+            per_sample: bool = False):
     """Run kernel ``name`` (CPU or CUDA after ``like``'s device); tensor args are viewed by :func:`_rows`,
-    numpy args (index tables) are passed as they are (copied to the GPU for CUDA)."""
+    numpy args (index tables) are passed as they are (copied to the GPU for CUDA). ``per_sample``: the
+    kernel does a whole trajectory per sample (one CUDA thread a sample; threads on the CPU from 64
+    samples up)."""
     if like.device.type == "cuda":
         kc = _cuda_kernels()
         dev = [_rows(a.detach(), space_dims) if isinstance(a, torch.Tensor)
                else torch.as_tensor(np.array(a), device=like.device) if isinstance(a, np.ndarray) else a
                for a in args]
-        work = like.numel()
+        work = like.shape[0] if per_sample else like.numel()
         index = like.device.index if like.device.index is not None else torch.cuda.current_device()
         kc.launch_on_stream(getattr(kc, name), work, dev, torch.cuda.current_stream(index).cuda_stream, index)
         return
@@ -213,7 +216,7 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
     host = [_rows(a.detach(), space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
     cpu = _cpu_kernels()
-    cpu.run(getattr(cpu, name), host, like.numel(), draws_noise)
+    cpu.run(getattr(cpu, name), host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
 
 
 def _cpu_kernels():
@@ -532,6 +535,22 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
     if x.numel():
         _launch("heun", x, [x, score, x_euler, score_euler, *coefs, o])
     return _result(o, o, out, numpy_in)
+
+
+# ============================================================================ exact-score trajectories
+def gm_trajectories(kernel: str, x: torch.Tensor, tables: list, seed: int | None = None) -> torch.Tensor:
+    """Run the whole-trajectory kernel ``kernel`` (``"eps_trajectories"`` or ``"score_trajectories"``,
+    see ``kernels/trajectories.py``) on ``x`` ``(B, d)`` with the host ``tables`` that
+    :mod:`minidiff.trajectories` builds (mixture means first); a fresh ``(B, d)`` result in ``x``'s dtype.
+    Noise keyed by ``seed`` as everywhere here. Use :mod:`minidiff.trajectories`, which validates."""
+    if kernel not in ("eps_trajectories", "score_trajectories"):
+        raise ValueError(f"kernel must be 'eps_trajectories' or 'score_trajectories', got {kernel!r}")
+    x = _as_tensor(x, "x")
+    out = _empty_like(x)
+    if x.numel():
+        _launch(kernel, x, [x] + list(tables) + _seed_args(seed, 0)[:2] + [out], draws_noise=True,
+                per_sample=True)
+    return out
 
 
 # ============================================================================ physics
