@@ -328,10 +328,10 @@ def eps_trajectories(x, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, cep
     _check_gm(x, out, means, prec, const, m_tab, s_tab, lev)
     B, d = x.shape
     for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
-        scr = np.empty((N_SCRATCH, d))
+        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
         for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
-            _eps_trajectory(x, b, out, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
-                            recompute, c, k0, k1, scr[0], scr[1], scr[2], scr[3], scr[4], scr[5])
+            _eps_trajectory(x, b, out, means, prec, const, iso, True, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
+                            recompute, c, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d])
 
 
 @_kernel
@@ -342,7 +342,8 @@ def score_trajectories(x, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, 
     _check_gm(x, out, means, prec, const, m_tab, s_tab, lev2)
     B, d = x.shape
     for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
-        scr = np.empty((N_SCRATCH, d))
+        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
         for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
-            _score_trajectory(x, b, out, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs,
-                              hxe, hse, nstep, k0, k1, scr[0], scr[1], scr[2], scr[3], scr[4], scr[5], scr[6])
+            _score_trajectory(x, b, out, means, prec, const, iso, True, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs,
+                              hxe, hse, nstep, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d],
+                              scr[6, :d])

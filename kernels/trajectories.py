@@ -80,7 +80,45 @@ def gm_score(xs, m, L, means, prec, const, iso, diff, y, acc, score):
         score[j] = -acc[j] / tot
 
 
-def eps_trajectory(x_in, b, out, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz,
+def gm_score_iso(xs, m, L, means, prec, const, logit, score):
+    """:func:`gm_score` for isotropic components (``P[L, k] = p_k I``) in two passes over the components
+    (logits and their maximum, then the weighted sum), no stored residuals: the CPU's fast path.
+    ``logit`` is scratch of length ``K``."""
+    K = means.shape[0]
+    d = xs.shape[0]
+    mx = -math.inf
+    for k in range(K):
+        q = 0.0
+        for j in range(d):
+            r = xs[j] - m * means[k, j]
+            q += r * r
+        v = const[L, k] - 0.5 * prec[L, k, 0, 0] * q
+        logit[k] = v
+        mx = max(mx, v)
+    for j in range(d):
+        score[j] = 0.0
+    tot = 0.0
+    for k in range(K):
+        w = math.exp(logit[k] - mx)
+        tot += w
+        wp = w * prec[L, k, 0, 0]
+        for j in range(d):
+            score[j] -= wp * (xs[j] - m * means[k, j])
+    inv = 1.0 / tot
+    for j in range(d):
+        score[j] *= inv
+
+
+def score_into(xs, m, L, means, prec, const, iso, two_pass, diff, y, acc, score):
+    """The mixture score into ``score``: :func:`gm_score_iso` when ``iso and two_pass`` (``acc`` then
+    holds the ``K`` logits), else the one-pass :func:`gm_score` (any K in O(d) scratch)."""
+    if iso and two_pass:
+        gm_score_iso(xs, m, L, means, prec, const, acc, score)
+    else:
+        gm_score(xs, m, L, means, prec, const, iso, diff, y, acc, score)
+
+
+def eps_trajectory(x_in, b, out, means, prec, const, iso, two_pass, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz,
                    nstep, recompute, c, k0, k1, xs, x0p, diff, y, acc, sc):
     """Sample ``b``: the eps/x0-form sampler of the module notes over ``lev.shape[0]`` steps, from
     ``x_in[b]`` into ``out[b]``."""
@@ -92,7 +130,7 @@ def eps_trajectory(x_in, b, out, means, prec, const, iso, lev, m_tab, s_tab, cx,
         L = lev[i]
         m = m_tab[L]
         s = s_tab[L]
-        gm_score(xs, m, L, means, prec, const, iso, diff, y, acc, sc)
+        score_into(xs, m, L, means, prec, const, iso, two_pass, diff, y, acc, sc)
         st = nstep[i]
         for g in range((d + 3) // 4):
             z0, z1, z2, z3 = 0.0, 0.0, 0.0, 0.0
@@ -110,7 +148,7 @@ def eps_trajectory(x_in, b, out, means, prec, const, iso, lev, m_tab, s_tab, cx,
         out[b, j] = xs[j]
 
 
-def score_trajectory(x_in, b, out, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun,
+def score_trajectory(x_in, b, out, means, prec, const, iso, two_pass, lev, lev2, m_tab, s_tab, cx, cs, cz, heun,
                      hx, hs, hxe, hse, nstep, k0, k1, xs, xe, diff, y, acc, sc, se):
     """Sample ``b``: Euler(-Maruyama) steps with an optional Heun correction (module notes)."""
     d = x_in.shape[1]
@@ -118,7 +156,7 @@ def score_trajectory(x_in, b, out, means, prec, const, iso, lev, lev2, m_tab, s_
         xs[j] = f64(x_in[b, j])
     for i in range(lev.shape[0]):
         L = lev[i]
-        gm_score(xs, m_tab[L], L, means, prec, const, iso, diff, y, acc, sc)
+        score_into(xs, m_tab[L], L, means, prec, const, iso, two_pass, diff, y, acc, sc)
         st = nstep[i]
         for g in range((d + 3) // 4):
             z0, z1, z2, z3 = 0.0, 0.0, 0.0, 0.0
@@ -129,7 +167,7 @@ def score_trajectory(x_in, b, out, means, prec, const, iso, lev, lev2, m_tab, s_
                 xe[j] = cx[i] * xs[j] + cs[i] * sc[j] + cz[i] * lane(z0, z1, z2, z3, kk)
         if heun[i]:
             L2 = lev2[i]
-            gm_score(xe, m_tab[L2], L2, means, prec, const, iso, diff, y, acc, se)
+            score_into(xe, m_tab[L2], L2, means, prec, const, iso, two_pass, diff, y, acc, se)
             for j in range(d):
                 xs[j] = hx[i] * xs[j] + hs[i] * sc[j] + hxe[i] * xe[j] + hse[i] * se[j]
         else:
@@ -139,7 +177,7 @@ def score_trajectory(x_in, b, out, means, prec, const, iso, lev, lev2, m_tab, s_
         out[b, j] = xs[j]
 
 
-TRAJECTORY_FUNCTIONS = ("gm_score", "eps_trajectory", "score_trajectory")
+TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_iso", "score_into", "eps_trajectory", "score_trajectory")
 
 
 def compile_trajectory_functions(jit, device_functions: dict) -> dict:
