@@ -53,6 +53,9 @@ def _check_x(x_T, gm):
         raise ValueError(f"x_T must have shape (B, {gm.dim}) (the mixture's dimension), got {tuple(x.shape)}")
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError("x_T must be finite (it holds NaN or inf)")
+    if x.device.type == "cuda" and gm.dim > 64:
+        raise ValueError(f"the CUDA trajectory kernels take dimension <= 64 (MAX_DIM_CUDA), got {gm.dim}; "
+                         f"use CPU tensors")
     return x, numpy_in
 
 
