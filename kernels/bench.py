@@ -3,6 +3,8 @@
     python -m minidiff.kernels.bench            # sizes 64 KB .. 1 GB per array
     python -m minidiff.kernels.bench --quick    # 1 MB and 64 MB
     python -m minidiff.kernels.bench --device cuda
+    python -m minidiff.kernels.bench --course            # the course's sizes, Philox vs torch.randn, step breakdown
+    python -m minidiff.kernels.bench --trajectories 100000   # fused exact-score samplers vs the torch path
 
 For every case and size: GB/s on a minimum-bytes basis (each array the update must read or write,
 once), both for the call as the course makes it (allocating its outputs) and into preallocated
@@ -243,6 +245,149 @@ def run(sizes, device: str, repeat: int) -> list[str]:
     return lines
 
 
+# ============================================================================ the course's sizes
+def _time(fn, repeat: int, inner: int = 1) -> float:
+    """Best of ``repeat`` timings of ``inner`` calls, per call, after one warm-up call."""
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def course_rows(repeat: int) -> list[str]:
+    """DDPM steps at 16 / 200 / 2000 digits (8x8) through ``minidiff.backend`` as the course calls it,
+    against the torch backend (same formula, eager) and plain torch with ``randn``; the per-call cost of a
+    1-element update (validation, views, dispatch); normals/s of the in-kernel Philox against
+    ``torch.randn`` and numpy's ``standard_normal`` (float32, 1M normals)."""
+    lines = ["| what | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
+    res = {}
+    for n in (16, 200, 2000):
+        x = torch.randn(n, 1, 8, 8)
+        e, z = torch.randn_like(x), torch.randn_like(x)
+        f = {
+            "numba, noise given": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="numba"),
+            "torch backend, noise given": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"),
+            "numba, seed= (in-kernel Philox)": lambda: B.ddpm_step(x, e, T_MID, S, seed=1, backend="numba"),
+            "torch eager with randn (diffusers' step)": lambda: torch_ddpm_step(x, e, T_MID),
+        }
+        for k, fn in f.items():
+            res.setdefault(k, []).append(_time(fn, repeat, inner=20) * 1e6)
+    for k, v in res.items():
+        lines.append(f"| DDPM step, {k} (us) | " + " | ".join(f"{t:.0f}" for t in v) + " |")
+    one = torch.zeros(1, 1)
+    over = {bk: _time(lambda bk=bk: B.langevin_step(one, one, 0.1, noise=one, backend=bk), repeat, inner=200)
+            for bk in ("numba", "torch")}
+    lines.append(f"| per-call cost of a 1-element update, numba / torch backend (us) | "
+                 f"{over['numba'] * 1e6:.1f} / {over['torch'] * 1e6:.1f} | | |")
+    n = 2**20
+    g = np.random.default_rng(0)
+    rates = {"backend.normal (Philox4x32-10 + Box-Muller)": _time(lambda: B.normal((1024, 1024), 1), repeat),
+             "torch.randn": _time(lambda: torch.randn(1024, 1024), repeat),
+             "numpy standard_normal (float32)": _time(lambda: g.standard_normal(n, dtype=np.float32), repeat)}
+    for k, t in rates.items():
+        lines.append(f"| {k}, 1M float32 normals (M normals/s) | {n / t / 1e6:.0f} | | |")
+    return lines
+
+
+def step_breakdown(repeat: int) -> list[str]:
+    """One DDPM sampling step of 200 digits with the shipped U-Net: network forward vs the fused
+    update vs the sampler's Python around them (from a whole ``samplers.ddpm`` step)."""
+    from minidiff import samplers
+    from minidiff.train import load_pretrained
+    from minidiff.unet import as_eps_model
+
+    model, sched = load_pretrained("digits")
+    eps_model = as_eps_model(model, sched)
+    x = torch.randn(200, 1, 8, 8)
+    t = torch.full((200,), sched.T // 2, dtype=torch.int64)
+    e = eps_model(x, t)
+    net = _time(lambda: eps_model(x, t), repeat)
+    upd = _time(lambda: B.ddpm_step(x, e, sched.T // 2, sched, seed=1), repeat, inner=20)
+
+    def one_step():
+        it = samplers.ddpm(eps_model, x, sched, generator=torch.Generator().manual_seed(0))
+        next(it)
+
+    whole = _time(one_step, repeat)
+    py = max(whole - net - upd, 0.0)
+    return ["| part of one DDPM step, 200 digits | ms | share |", "|---|---|---|",
+            f"| U-Net forward | {net * 1e3:.2f} | {100 * net / whole:.1f} % |",
+            f"| fused update (seed=) | {upd * 1e3:.3f} | {100 * upd / whole:.2f} % |",
+            f"| sampler Python and checks (the rest) | {py * 1e3:.3f} | {100 * py / whole:.2f} % |",
+            f"| whole step through samplers.ddpm | {whole * 1e3:.2f} | 100 % |"]
+
+
+def peak_gflops() -> tuple[float, float, str]:
+    """fp64 / fp32 peak of this CPU as cores x 2 FMA units x lanes x 2 flops x clock (AVX2: 4 / 8
+    lanes; AVX-512: 8 / 16), from lscpu's flags and max clock (else /proc/cpuinfo's current one)."""
+    flags, mhz = "", 0.0
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Flags"):
+                flags = line
+            if line.startswith("CPU max MHz"):
+                mhz = float(line.split(":")[1])
+        if not mhz:
+            mhz = max(float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz"))
+    except (OSError, ValueError, IndexError):
+        mhz = 3000.0
+    lanes64 = 8 if "avx512f" in flags else 4
+    cores = os.cpu_count() or 1
+    p64 = cores * 2 * lanes64 * 2 * mhz / 1e3
+    return p64, 2 * p64, f"{cores} cores x 2 FMA x {lanes64} fp64 lanes x 2 x {mhz / 1e3:.2f} GHz"
+
+
+def trajectory_rows(n: int, repeat: int) -> list[str]:
+    """Whole samplers on the exact 9-component 2-D mixture (``GaussianMixture.grid_2d(3)``), ``n``
+    samples: the fused trajectory kernel (:mod:`minidiff.trajectories`) against the step-by-step
+    sampler with the torch mixture score (the notebooks' path before), same noise; sample-steps/s and
+    GFLOP/s (flops counted by ``flops_per_sample_step``) against the fp64 peak."""
+    from minidiff import GaussianMixture, samplers
+    from minidiff import trajectories as TR
+    from minidiff.sde import VPSDE
+    from minidiff.solvers import dpm_solver_2m
+
+    gm = GaussianMixture.grid_2d(3, 1.0, 0.1)
+    sde = VPSDE()
+    score = lambda x, t: gm.noised(sde.mean_scale(t), sde.marginal_std(t)).score(x)  # noqa: E731
+    x = B.normal((n, 2), seed=7, dtype=torch.float64)
+    nz = lambda st: B.normal(x.shape, 3, st, dtype=x.dtype)  # noqa: E731
+    eps = gm.eps_model(S)
+    rows = [
+        ("DDIM-100, eta=0", 100, False, lambda: TR.ddim_exact(gm, x, S, 100),
+         lambda: samplers.final(samplers.ddim(eps, x, S, 100))),
+        ("DDIM-100, eta=1 (Philox noise)", 100, False, lambda: TR.ddim_exact(gm, x, S, 100, 1.0, 3),
+         lambda: samplers.final(samplers.ddim(eps, x, S, 100, eta=1.0, noise=nz))),
+        ("DPM-Solver++(2M)-20", 20, False, lambda: TR.dpm_solver_2m_exact(gm, x, S, 20),
+         lambda: samplers.final(dpm_solver_2m(eps, x, S, 20))),
+        ("PF-ODE Heun-50 (VP)", 50, True, lambda: TR.pf_ode_heun_exact(gm, x, sde, 50),
+         lambda: samplers.final(samplers.pf_ode_heun(score, x, sde, 50))),
+    ]
+    p64, _, how = peak_gflops()
+    lines = [f"| sampler, {n} samples | torch path s | fused s | speed-up | M sample-steps/s | GFLOP/s | "
+             f"% of fp64 peak | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for name, steps, heun, fused, ref in rows:
+        fused()  # compile / load the cached kernel
+        tf = _time(fused, repeat)
+        t0 = time.perf_counter()
+        want = ref()
+        tr = time.perf_counter() - t0
+        diff = float((fused() - want).abs().max())
+        gflops = TR.flops_per_sample_step(gm, heun) * n * steps / tf / 1e9
+        lines.append(f"| {name} | {tr:.2f} | {tf:.3f} | {tr / tf:.1f} | {n * steps / tf / 1e6:.1f} | {gflops:.2f} "
+                     f"| {100 * gflops / p64:.1f} | {diff:.1e} |")
+        print(lines[-1], flush=True)
+    lines.append(f"\nfp64 peak {p64:.0f} GFLOP/s ({how}); the torch path timed once, the fused kernel best of "
+                 f"{repeat}; Heun counts two score evaluations a step")
+    return lines
+
+
 def machine() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -263,7 +408,25 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes-mb", type=float, nargs="*", help="bytes per array, in MB")
     p.add_argument("--repeat", type=int, default=None)
+    p.add_argument("--course", action="store_true", help="only the course-size rows, Philox vs torch.randn, "
+                   "and the sampling-step breakdown")
+    p.add_argument("--trajectories", type=int, default=0, metavar="N",
+                   help="only the exact-score trajectory rows, with N samples (e.g. 100000)")
     a = p.parse_args(argv)
+    if a.repeat is not None and a.repeat < 1:
+        p.error("--repeat must be >= 1")
+    if a.trajectories < 0:
+        p.error("--trajectories must be >= 0")
+    if a.course or a.trajectories:
+        repeat = a.repeat or 3
+        print(f"# {machine()}\n# {' '.join(sys.argv)}\n", flush=True)
+        if a.course:
+            print("\n".join(course_rows(repeat)) + "\n", flush=True)
+            print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
+        if a.trajectories:
+            lines = trajectory_rows(a.trajectories, repeat)
+            print(lines[-1], flush=True)
+        return
     if a.device == "cuda":
         B._cuda_kernels()  # a clear RuntimeError without numba-cuda or a GPU
     if a.sizes_mb:

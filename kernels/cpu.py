@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from . import _cache  # noqa: F401  (installs the versioned cache locator before any @njit(cache=True))
 from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+from .trajectories import N_SCRATCH, compile_trajectory_functions
 
 _f = compile_device_functions(njit)
 normal4, lane = _f["normal4"], _f["lane"]
@@ -111,7 +112,7 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     if t_index.shape[0] != x0.shape[0]:
         raise ValueError("t_index must have one entry per sample")
     B, n = x0.shape
-    T = sqrt_ab.shape[0]
+    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
@@ -298,3 +299,51 @@ def ftcs2d(u, r, bc, out):
     for task in prange(B * H):
         b = task // H
         _ftcs2_row(u, b, task - b * H, r, bc, out)
+
+
+# ---------------------------------------------------------------------------- exact-score trajectories
+# A whole sampler per sample on a Gaussian mixture's exact score (kernels/trajectories.py): prange over
+# blocks of TRAJ_ROWS samples, each block with its own (N_SCRATCH, d) scratch; any d, any K.
+_t = compile_trajectory_functions(njit, _f)
+_eps_trajectory, _score_trajectory = _t["eps_trajectory"], _t["score_trajectory"]
+TRAJ_ROWS = 64
+
+
+@njit(cache=True)
+def _check_gm(x, out, means, prec, const, m_tab, s_tab, lev):
+    if x.shape != out.shape or x.shape[1] != means.shape[1]:
+        raise ValueError("trajectory arrays: x and out must be (B, d) with d = means.shape[1]")
+    L, K = const.shape
+    if prec.shape[0] != L or prec.shape[1] != K or K != means.shape[0] or m_tab.shape[0] != L or s_tab.shape[0] != L:
+        raise ValueError("trajectory tables disagree in the number of levels or components")
+    for i in range(lev.shape[0]):
+        if lev[i] < 0 or lev[i] >= L:
+            raise ValueError("trajectory level index out of range")
+
+
+@_kernel
+def eps_trajectories(x, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep, recompute,
+                     c, k0, k1, out):
+    """DDPM / DDIM(eta) / DPM-Solver++(2M) on the exact mixture score, one trajectory per sample."""
+    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev)
+    B, d = x.shape
+    for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
+        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
+        for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
+            _eps_trajectory(x, b, out, means, prec, const, iso, True, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
+                            recompute, c, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d])
+
+
+@_kernel
+def score_trajectories(x, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs, hxe, hse,
+                       nstep, k0, k1, out):
+    """Euler-Maruyama / PF-ODE Euler / PF-ODE Heun on the exact mixture score, one trajectory per sample."""
+    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev)
+    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev2)
+    B, d = x.shape
+    for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
+        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
+        for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
+            _score_trajectory(x, b, out, means, prec, const, iso, True, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs,
+                              hxe, hse, nstep, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d],
+                              scr[6, :d])

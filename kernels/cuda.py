@@ -18,6 +18,7 @@ from numba import cuda
 
 from . import _cache  # noqa: F401
 from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+from .trajectories import MAX_DIM_CUDA, compile_trajectory_functions
 
 _f = compile_device_functions(cuda.jit(device=True))
 normal4, lane = _f["normal4"], _f["lane"]
@@ -73,7 +74,7 @@ def normal_fill(out, k0, k1, step):
 def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     """Forward noising with per-sample ``t_index`` (Ho et al. 2020, eq. 4); NaN for a bad index."""
     B, n = x0.shape
-    T = sqrt_ab.shape[0]
+    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
     if mode == NOISE_GIVEN:
         for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
             b = idx // n
@@ -214,3 +215,43 @@ def launch_on_stream(kernel, work: int, args, stream_ptr: int, device_index: int
         stream = cuda.external_stream(stream_ptr)
         dev = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a for a in args]
         launch(kernel, work, *dev, stream=stream)
+
+
+# ---------------------------------------------------------------------------- exact-score trajectories
+# A thread per sample (grid-stride over samples), the one-pass online-softmax score (any number of
+# components in O(d) registers/local memory); d <= MAX_DIM_CUDA (checked on the host).
+_t = compile_trajectory_functions(cuda.jit(device=True), _f)
+_eps_trajectory, _score_trajectory = _t["eps_trajectory"], _t["score_trajectory"]
+
+
+@cuda.jit
+def eps_trajectories(x, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep, recompute,
+                     c, k0, k1, out):
+    """DDPM / DDIM(eta) / DPM-Solver++(2M) on the exact mixture score, a thread per sample."""
+    B, d = x.shape
+    xs = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    x0p = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    sc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    for b in range(cuda.grid(1), B, cuda.gridsize(1)):
+        _eps_trajectory(x, b, out, means, prec, const, iso, False, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
+                        recompute, c, k0, k1, xs[:d], x0p[:d], diff[:d], y[:d], acc[:d], sc[:d])
+
+
+@cuda.jit
+def score_trajectories(x, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs, hxe, hse,
+                       nstep, k0, k1, out):
+    """Euler-Maruyama / PF-ODE Euler / Heun on the exact mixture score, a thread per sample."""
+    B, d = x.shape
+    xs = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    xe = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    sc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    se = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    for b in range(cuda.grid(1), B, cuda.gridsize(1)):
+        _score_trajectory(x, b, out, means, prec, const, iso, False, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx,
+                          hs, hxe, hse, nstep, k0, k1, xs[:d], xe[:d], diff[:d], y[:d], acc[:d], sc[:d], se[:d])

@@ -18,7 +18,14 @@ must not partly overlap one; a stencil's ``out`` must not overlap ``u`` at all.
 
 Arrays are viewed as ``(B, n)``: batch first, the other axes flattened (the stencils keep their last
 one or two axes as space). float32 and float64 are supported; inputs are validated before any kernel
-runs and errors name the offending argument. The numba backend does not track gradients.
+runs and errors name the offending argument. Tensors must live on a CPU or CUDA device (both backends
+refuse others, e.g. ``meta``, naming the argument); numpy arrays with negative strides are copied.
+
+Gradients: neither backend tracks them. Inputs are detached, so results never require grad on
+either backend (the samplers built on these updates run many steps; a graph through all of them
+would only cost memory). Differentiate through the formulas in plain torch where that is wanted.
+Both backends treat edge input alike: empty arrays give empty results, ``clip_x0`` must be a real
+number.
 
 Nothing here imports numba at module import time; kernels compile on first use and are cached on
 disk (see ``minidiff/kernels/_cache.py``).
@@ -36,7 +43,7 @@ __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "normal",
     "q_sample", "ddpm_step", "ddim_step", "langevin_step", "reverse_sde_step",
     "pf_ode_euler_step", "pf_ode_heun_step", "ftcs_step_1d", "ftcs_step_2d", "walker_step",
-    "BOUNDARY_CONDITIONS", "ftcs_ratio",
+    "BOUNDARY_CONDITIONS", "ftcs_ratio", "gm_trajectories",
 ]
 
 BACKENDS = ("numba", "torch")
@@ -77,17 +84,21 @@ def _resolve(backend: str | None) -> str:
 
 # ============================================================================ validation
 def _as_tensor(x, name: str) -> torch.Tensor:
-    """A torch view of ``x`` (zero-copy for numpy), checked to be float32/float64 with >= 1 dim."""
+    """A torch view of ``x`` (zero-copy for numpy unless read-only or negatively strided), checked to
+    be float32/float64 with >= 1 dim on a CPU or CUDA device, detached from autograd."""
     if isinstance(x, np.ndarray):
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-        x = torch.from_numpy(x if x.flags.writeable else x.copy())
+        negative = any(st < 0 for st in x.strides)
+        x = torch.from_numpy(x if x.flags.writeable and not negative else x.copy())
     elif not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in _DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have a batch dimension first, got a 0-d array")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on a CPU or CUDA device, got device {x.device}")
     return x.detach()
 
 
@@ -135,7 +146,14 @@ def _t_scalar(t_index, schedule, name="t_index", low=0) -> int:
 
 
 def _t_vector(t_index, B: int, schedule) -> np.ndarray:
-    """Per-sample ``t_index`` as a ``(B,)`` int64 array, checked against the schedule."""
+    """Per-sample ``t_index`` as a ``(B,)`` int64 array, checked against the schedule. Integers too
+    large for int64 (numpy makes them dtype object) get the range message, not a dtype one."""
+    raw = t_index if hasattr(t_index, "detach") else np.asarray(t_index)
+    if isinstance(raw, np.ndarray) and raw.dtype == object and raw.size:
+        flat = raw.reshape(-1).tolist()
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
+            raise IndexError(f"t_index must lie in [0, {schedule.T - 1}] for this T={schedule.T} schedule; "
+                             f"got values in [{min(flat)}, {max(flat)}]")
     arr = schedule.check_t_index(t_index, "t_index")
     arr = np.asarray(arr, dtype=np.int64).reshape(-1)
     if arr.size == 1:
@@ -168,7 +186,7 @@ def _check_stencil(D, dt, dx, bc, bound, allow_unstable) -> float:
 def _unwrap(out, numpy_in: bool):
     if isinstance(out, tuple):
         return tuple(_unwrap(o, numpy_in) for o in out)
-    return out.numpy() if numpy_in else out
+    return out.detach().numpy() if numpy_in else out
 
 
 def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
@@ -179,23 +197,26 @@ def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
     return t.reshape((-1,) + tuple(t.shape[t.ndim - space_dims:]))
 
 
-def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False):
+def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False,
+            per_sample: bool = False):
     """Run kernel ``name`` (CPU or CUDA after ``like``'s device); tensor args are viewed by :func:`_rows`,
-    numpy args (index tables) are passed as they are (copied to the GPU for CUDA)."""
+    numpy args (index tables) are passed as they are (copied to the GPU for CUDA). ``per_sample``: the
+    kernel does a whole trajectory per sample (one CUDA thread a sample; threads on the CPU from 64
+    samples up)."""
     if like.device.type == "cuda":
         kc = _cuda_kernels()
-        dev = [_rows(a, space_dims) if isinstance(a, torch.Tensor)
+        dev = [_rows(a.detach(), space_dims) if isinstance(a, torch.Tensor)
                else torch.as_tensor(np.array(a), device=like.device) if isinstance(a, np.ndarray) else a
                for a in args]
-        work = like.numel()
+        work = like.shape[0] if per_sample else like.numel()
         index = like.device.index if like.device.index is not None else torch.cuda.current_device()
         kc.launch_on_stream(getattr(kc, name), work, dev, torch.cuda.current_stream(index).cuda_stream, index)
         return
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
-    host = [_rows(a, space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
+    host = [_rows(a.detach(), space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
     cpu = _cpu_kernels()
-    cpu.run(getattr(cpu, name), host, like.numel(), draws_noise)
+    cpu.run(getattr(cpu, name), host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
 
 
 def _cpu_kernels():
@@ -261,6 +282,8 @@ def _out(x: torch.Tensor, out, name: str, inputs: dict, in_place_ok: bool = True
         return _empty_like(x) if allocate else None
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
+    if isinstance(out, np.ndarray) and not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (the kernels write it in place), got strides {out.strides}")
     if isinstance(out, torch.Tensor) and out.requires_grad:
         raise ValueError(f"{name} must not require grad: the update writes it outside autograd")
     t = _like(x, out, name, ref=next(iter(inputs)))
@@ -345,8 +368,11 @@ def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, out=None, backe
 
 
 def _clip_value(clip_x0) -> float:
+    """``clip_x0`` as the kernels' clamp bound (``inf`` for None); a real number > 0 else an error."""
     if clip_x0 is None:
         return math.inf
+    if isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float, np.integer, np.floating)):
+        raise TypeError(f"clip_x0 must be a real number > 0 or None, got {type(clip_x0).__name__}")
     c = float(clip_x0)
     if not c > 0:
         raise ValueError(f"clip_x0 must be > 0 (or None), got {clip_x0}")
@@ -511,6 +537,22 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
     return _result(o, o, out, numpy_in)
 
 
+# ============================================================================ exact-score trajectories
+def gm_trajectories(kernel: str, x: torch.Tensor, tables: list, seed: int | None = None) -> torch.Tensor:
+    """Run the whole-trajectory kernel ``kernel`` (``"eps_trajectories"`` or ``"score_trajectories"``,
+    see ``kernels/trajectories.py``) on ``x`` ``(B, d)`` with the host ``tables`` that
+    :mod:`minidiff.trajectories` builds (mixture means first); a fresh ``(B, d)`` result in ``x``'s dtype.
+    Noise keyed by ``seed`` as everywhere here. Use :mod:`minidiff.trajectories`, which validates."""
+    if kernel not in ("eps_trajectories", "score_trajectories"):
+        raise ValueError(f"kernel must be 'eps_trajectories' or 'score_trajectories', got {kernel!r}")
+    x = _as_tensor(x, "x")
+    out = _empty_like(x)
+    if x.numel():
+        _launch(kernel, x, [x] + list(tables) + _seed_args(seed, 0)[:2] + [out], draws_noise=True,
+                per_sample=True)
+    return out
+
+
 # ============================================================================ physics
 def _neighbours(u, dim: int, bc: str):
     """``(u[i-1], u[i+1])`` along ``dim`` with periodic wrap or zero-flux ghost cells."""
@@ -540,6 +582,8 @@ def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
     r = _check_stencil(D, dt, dx, bc, 0.5, allow_unstable)
     o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
+    if name == "torch" and u.numel() == 0:  # nothing to update: empty like the numba backend's result
+        return _result(u.clone(), o, out, numpy_in)
     if name == "torch":
         left, right = _neighbours(u, -1, bc)
         new = u + r * (left - 2 * u + right)
@@ -559,6 +603,8 @@ def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
         raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(u.shape)}")
     r = _check_stencil(D, dt, dx, bc, 0.25, allow_unstable)
     o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
+    if name == "torch" and u.numel() == 0:
+        return _result(u.clone(), o, out, numpy_in)
     if name == "torch":
         (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
         new = u + r * (l + rt + up + dn - 4 * u)

@@ -271,6 +271,76 @@ def test_unstable_stencil_raises_unless_allowed(fn, bound, shape):
         fn(u, 1.0, 0.1, 0.0)
 
 
+# ---------------------------------------------------------------------------- edge input, both backends alike
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (2, 0, 3)])
+@pytest.mark.parametrize("fn", ["ftcs1d", "ftcs2d"])
+def test_stencils_on_empty_input_agree(fn, shape):
+    """Issue 14.21: a ``(2, 0)`` stencil gives an empty result on both backends (torch raised)."""
+    if fn == "ftcs2d" and len(shape) < 3:
+        shape = shape + (4,)
+    got = {bk: calls(torch.zeros(shape))[fn](bk) for bk in ("numba", "torch")}
+    assert got["numba"].shape == got["torch"].shape == shape
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("clip", ["1", b"1", True, [1.0]])
+def test_clip_x0_must_be_a_real_number_on_both_backends(backend, clip):
+    """Issue 14.21: ``clip_x0='1'`` was accepted by numba and a bare TypeError from torch."""
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="clip_x0 must be a real number"):
+        B.ddpm_step(x, x, 5, S, seed=0, clip_x0=clip, backend=backend)
+    with pytest.raises(TypeError, match="clip_x0 must be a real number"):
+        B.ddim_step(x, x, 5, 2, S, clip_x0=clip, backend=backend)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_neither_backend_tracks_gradients_as_documented(name):
+    """Issue 14.21: the module docs say results never require grad; the same on both backends."""
+    assert "neither backend tracks them" in B.__doc__
+    x = torch.full((2, 1, 3, 3), 0.1, dtype=torch.float64, requires_grad=True)
+    for bk in ("numba", "torch"):
+        for r in as_tuple(calls(x)[name](bk)):
+            assert not r.requires_grad, bk
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_meta_tensor_error_names_the_argument_not_a_backend(backend):
+    """Issue 14.21: the torch backend's message for a meta tensor named "the numba backend"."""
+    m = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match=r"^x must be on a CPU or CUDA device, got device meta"):
+        B.ddpm_step(m, m, 5, S, seed=0, backend=backend)
+    with pytest.raises(ValueError, match=r"^eps must be on a CPU or CUDA device"):
+        B.ddpm_step(torch.zeros(2, 3), m, 5, S, seed=0, backend=backend)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_stride_numpy_input_is_accepted(name):
+    """Issue 14.22: a reversed numpy array is an ordinary input (torch.from_numpy refused it)."""
+    x = np.linspace(-1, 1, 2 * 9 * 4).reshape(4, 1, 3, 6)[::-1, :, :, ::-2]
+    assert any(st < 0 for st in x.strides)
+    want = calls(np.ascontiguousarray(x))[name]("numba")
+    for bk in ("numba", "torch"):
+        for g, w in zip(as_tuple(calls(x)[name](bk)), as_tuple(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_negative_stride_numpy_out_is_refused_naming_it():
+    x = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        B.langevin_step(x, x, 0.1, seed=0, out=np.zeros((4, 3))[::-1])
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_huge_t_index_gets_the_range_message(backend):
+    """Issue 14.22: ``t_index=10**20`` said "got dtype object"; now the range, naming t_index."""
+    x = torch.zeros(2, 3)
+    for t in (10**20, [0, 10**20], -(10**20)):
+        with pytest.raises(IndexError, match=r"t_index must lie in \[0, 99\]"):
+            B.q_sample(x, t, 0, S, backend=backend)
+    with pytest.raises(IndexError, match=r"t_index must lie in \[0, 99\]"):
+        B.ddpm_step(x, x, 10**20, S, seed=0, backend=backend)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         B.langevin_step(torch.zeros(1, 1), torch.zeros(1, 1), 0.1, seed=0, backend="jax")
@@ -318,6 +388,49 @@ def test_kernels_cache_in_a_versioned_directory(tmp_path, monkeypatch):
         assert _cache.source_hash() != same
     finally:
         _cache.source_hash.cache_clear()
+
+
+_COMPILE_ONE = ("import warnings, numpy as np; warnings.simplefilter('always');"
+                "from minidiff.kernels import cpu, _cache;"
+                "assert cpu.philox_block(0, 0, 0, 0, 0, 0) == (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8);"
+                "print(_cache.cache_dir())")
+
+
+def _in_fresh_process(cache_root):
+    env = dict(os.environ, MINIDIFF_CACHE_DIR=str(cache_root))
+    return subprocess.run([sys.executable, "-c", _COMPILE_ONE], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_kernel_cache_directories_are_private(tmp_path):
+    """Issue 14.8: the cache holds pickles numba loads, so its directories are 0700."""
+    root = tmp_path / "cache"
+    r = _in_fresh_process(root)
+    assert r.returncode == 0, r.stderr
+    d = type(tmp_path)(r.stdout.strip().splitlines()[-1])
+    dirs = [root, d] + [p for p in d.rglob("*") if p.is_dir()]
+    assert len(dirs) >= 3 and any(d.rglob("*.nbi"))
+    for p in dirs:
+        assert oct(p.stat().st_mode & 0o777) == "0o700", p
+
+
+@pytest.mark.parametrize("damage", ["truncate_nbc", "garble_nbc", "garble_nbi", "truncate_nbi"])
+def test_a_corrupt_cache_entry_is_dropped_and_recompiled(tmp_path, damage):
+    """Issue 14.8: a truncated .nbc or garbled .nbi is dropped with a warning, not an UnpicklingError
+    in every later process; the process after that loads the rewritten entry silently."""
+    root = tmp_path / "cache"
+    assert _in_fresh_process(root).returncode == 0
+    kind = damage.split("_")[1]
+    files = sorted(root.rglob(f"*philox_block*.{kind}"))
+    assert files, list(root.rglob("*"))
+    for f in files:
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2] if damage.startswith("truncate") else b"\x80\x05garbage" + data[::-1])
+    r = _in_fresh_process(root)
+    assert r.returncode == 0, r.stderr
+    assert "corrupt kernel cache entry" in r.stderr
+    r = _in_fresh_process(root)
+    assert r.returncode == 0 and "corrupt" not in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------- a whole sampler

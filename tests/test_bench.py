@@ -22,3 +22,18 @@ def test_bench_prints_every_case_with_figures():
             v = float(cells[k])
             assert math.isfinite(v) and v >= 0, cells
     assert "a second kernel's first call" in r.stdout
+
+
+def test_bench_course_and_trajectory_rows_print_numbers():
+    r = subprocess.run([sys.executable, "-m", "minidiff.kernels.bench", "--trajectories", "64", "--repeat", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith(("| DDIM", "| DPM", "| PF-ODE"))]
+    names = [c[0].strip() for c in rows]
+    for case in ("DDIM-100, eta=0", "DDIM-100, eta=1 (Philox noise)", "DPM-Solver++(2M)-20", "PF-ODE Heun-50 (VP)"):
+        assert case in names, names
+    for cells in rows:
+        vals = [float(c) for c in cells[1:]]
+        assert all(math.isfinite(v) and v >= 0 for v in vals), cells
+        assert vals[-1] < 1e-9, cells  # the fused kernel agrees with the torch path
+    assert "fp64 peak" in r.stdout

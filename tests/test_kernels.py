@@ -186,3 +186,18 @@ def test_q_sample_kernel_writes_nan_for_out_of_range_index_and_stays_in_bounds()
     cpu.q_sample(x, x, t, s.sqrt_alpha_bar, s.sqrt_one_minus_alpha_bar, 1, 0, 0, 0, out)
     assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
     close(out[[0, 3]], naive.q_sample(x[[0, 3]], [0, 9], x[[0, 3]], s), np.float64)
+
+
+def test_q_sample_kernel_checks_t_against_both_tables():
+    """Issue 14.23: a ``sqrt(1 - ab)`` table shorter than ``sqrt(ab)``'s is not read past its end;
+    samples whose ``t`` only the longer table covers get NaN."""
+    from minidiff.kernels import cpu
+
+    s = Schedule.linear(T=10)
+    x = np.ones((3, 4))
+    short = np.ascontiguousarray(s.sqrt_one_minus_alpha_bar[:5])
+    for a, b in [(s.sqrt_alpha_bar, short), (np.ascontiguousarray(s.sqrt_alpha_bar[:5]), s.sqrt_one_minus_alpha_bar)]:
+        out = np.zeros((3, 4))
+        cpu.q_sample(x, x, np.array([4, 5, 9], dtype=np.int64), a, b, 1, 0, 0, 0, out)
+        assert np.isnan(out[1:]).all()
+        close(out[0], naive.q_sample(x[:1], [4], x[:1], s)[0], np.float64)

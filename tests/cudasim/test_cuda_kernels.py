@@ -81,6 +81,17 @@ def test_q_sample_bad_index_gives_nan_not_out_of_bounds(kc):
     assert np.isfinite(got[0]).all() and np.isnan(got[1:]).all()
 
 
+@pytest.mark.parametrize("mode", [F.NOISE_GIVEN, F.NOISE_PHILOX])
+def test_q_sample_checks_t_against_both_tables(kc, mode):
+    """Issue 14.23: with a shorter second table, a t only the first covers gives NaN."""
+    x, e, _ = data(np.float64)
+    t = np.array([0, 12, S.T - 1], dtype=np.int64)
+    short = np.ascontiguousarray(np.array(S.sqrt_one_minus_alpha_bar)[:10])
+    (got,) = run(kc, "q_sample", [x, e, t, np.array(S.sqrt_alpha_bar), short, mode, *KEY, 3, np.zeros_like(x)],
+                 GRIDS[0])
+    assert np.isfinite(got[0]).all() and np.isnan(got[1:]).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", [F.NOISE_NONE, F.NOISE_GIVEN, F.NOISE_PHILOX])
 def test_ddpm_and_ddim(kc, dtype, mode):
@@ -133,3 +144,46 @@ def test_stencils(kc, bc, dtype):
     want = np.zeros_like(u)
     cpu.ftcs2d(u, 0.2, bc, want)
     same(got, want, ulps)
+
+
+# ---------------------------------------------------------------------------- exact-score trajectories
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("target", ["isotropic", "full"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm2m", "em", "heun"])
+def test_trajectories_match_cpu(kc, monkeypatch, grid, target, sampler):
+    """A thread per sample under the simulator against the CPU kernel with the same host tables:
+    bitwise for full covariances (both run the one-pass score), within 1e-12 for isotropic ones
+    (the CPU's two-pass score rounds differently)."""
+    import torch
+
+    from minidiff import GaussianMixture
+    from minidiff import backend as B
+    from minidiff import trajectories as TR
+    from minidiff.sde import VPSDE
+
+    gm = (GaussianMixture.grid_2d(2, 1.0, 0.2) if target == "isotropic" else
+          GaussianMixture(torch.tensor([0.4, 0.6]), torch.tensor([[0.0, 1.0, 0.5], [1.0, -1.0, 0.0]]),
+                          torch.stack([torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]]),
+                                       0.3 * torch.eye(3)])))
+    seen = {}
+    real = B.gm_trajectories
+
+    def spy(kernel, x, tables, seed=None):
+        seen.update(kernel=kernel, x=x, tables=tables, seed=seed)
+        return real(kernel, x, tables, seed)
+
+    monkeypatch.setattr(B, "gm_trajectories", spy)
+    x = B.normal((5, gm.dim), seed=4, dtype=torch.float64)
+    s = Schedule.linear(T=8)
+    want = {"ddim": lambda: TR.ddim_exact(gm, x, s, 4, 0.5, 99),
+            "ddpm": lambda: TR.ddpm_exact(gm, x, s, seed=99),
+            "dpm2m": lambda: TR.dpm_solver_2m_exact(gm, x, s, 4),
+            "em": lambda: TR.euler_maruyama_exact(gm, x, VPSDE(), 4, seed=99),
+            "heun": lambda: TR.pf_ode_heun_exact(gm, x, VPSDE(), 4)}[sampler]().numpy()
+    k0, k1 = F.seed_key(0 if seen["seed"] is None else seen["seed"])
+    xn = seen["x"].numpy()
+    (got,) = run(kc, seen["kernel"], [xn] + list(seen["tables"]) + [k0, k1, np.zeros_like(xn)], grid)
+    if target == "full":
+        same(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -1,0 +1,272 @@
+"""Fused exact-score trajectories: whole samplers on a Gaussian-mixture target, one kernel call.
+
+For a :class:`minidiff.data.GaussianMixture` target the score of every noised marginal is closed-form
+(``gm.noised(m, s).score``), so a sampler needs no network: the kernels in ``kernels/trajectories.py``
+evaluate the mixture score inside the loop and run the whole sampler per sample (CPU: ``prange`` over
+samples; CUDA: a thread per sample). Each function here returns the final samples ``x_0`` of the
+matching step-by-step sampler driven by the exact score --
+
+=============================  =====================================================================
+:func:`ddpm_exact`             :func:`minidiff.samplers.ddpm` with ``gm.eps_model(schedule)``
+:func:`ddim_exact`             :func:`minidiff.samplers.ddim` (any ``eta``)
+:func:`dpm_solver_2m_exact`    :func:`minidiff.solvers.dpm_solver_2m`
+:func:`euler_maruyama_exact`   :func:`minidiff.samplers.euler_maruyama` with the exact score
+:func:`pf_ode_euler_exact`     :func:`minidiff.samplers.pf_ode_euler`
+:func:`pf_ode_heun_exact`      :func:`minidiff.samplers.pf_ode_heun`
+=============================  =====================================================================
+
+-- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
+(Salmon et al. 2011): with ``seed=S`` a trajectory sees exactly the noise the step-by-step sampler
+sees with ``noise=lambda step: minidiff.backend.normal(x.shape, S, step, dtype=x.dtype)``.
+
+Arithmetic is float64 inside the kernel whatever ``x_T``'s dtype; the result has ``x_T``'s dtype
+(numpy in, numpy out). Any number of components; any dimension on the CPU, up to 64 on CUDA.
+The coefficient tables are built here from :mod:`minidiff.kernels.formulas`' ``*_coefficients``
+(each formula written once); the level tables (precision matrices of ``m^2 S_k + s^2 I``) once per
+noise level.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import backend as _backend
+
+__all__ = ["ddpm_exact", "ddim_exact", "dpm_solver_2m_exact", "euler_maruyama_exact", "pf_ode_euler_exact",
+           "pf_ode_heun_exact", "flops_per_sample_step"]
+
+
+# ============================================================================ validation and tables
+def _check_gm(gm):
+    for attr in ("weights", "means", "covs"):
+        if not isinstance(getattr(gm, attr, None), torch.Tensor):
+            raise TypeError(f"gm must be a minidiff.GaussianMixture, got {type(gm).__name__}")
+    return gm
+
+
+def _check_x(x_T, gm):
+    numpy_in = isinstance(x_T, np.ndarray)
+    x = _backend._as_tensor(x_T, "x_T")
+    if x.ndim != 2 or x.shape[1] != gm.dim:
+        raise ValueError(f"x_T must have shape (B, {gm.dim}) (the mixture's dimension), got {tuple(x.shape)}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x_T must be finite (it holds NaN or inf)")
+    if x.device.type == "cuda" and gm.dim > 64:
+        raise ValueError(f"the CUDA trajectory kernels take dimension <= 64 (MAX_DIM_CUDA), got {gm.dim}; "
+                         f"use CPU tensors")
+    return x, numpy_in
+
+
+def _check_seed(seed, needed: bool):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if needed and seed is None:
+        raise ValueError("this sampler draws noise: pass seed= (an int)")
+    return 0 if seed is None else int(seed)
+
+
+def _check_clip(clip_x0) -> float:
+    return _backend._clip_value(clip_x0)
+
+
+def _is_isotropic(gm) -> bool:
+    c = gm.covs
+    d = gm.dim
+    diag = torch.diagonal(c, dim1=-2, dim2=-1)
+    return bool(torch.equal(c, diag[:, :1, None] * torch.eye(d, dtype=c.dtype)))
+
+
+def level_tables(gm, levels):
+    """For noise levels ``[(m, s), ...]``: ``(prec, const, iso)`` with ``prec[L, k] = (m^2 S_k +
+    s^2 I)^-1`` (``(L, K, 1, 1)`` scalars when every ``S_k`` is isotropic, else ``(L, K, d, d)``) and
+    ``const[L, k] = log w_k - 1/2 log det(m^2 S_k + s^2 I)`` (the Gaussian constant cancels in the
+    softmax), float64."""
+    K, d = gm.n_components, gm.dim
+    iso = _is_isotropic(gm)
+    logw = torch.log(gm.weights).numpy()
+    m = np.array([lv[0] for lv in levels], dtype=np.float64)
+    s = np.array([lv[1] for lv in levels], dtype=np.float64)
+    if iso:
+        var = m[:, None] ** 2 * torch.diagonal(gm.covs, dim1=-2, dim2=-1)[:, 0].numpy()[None, :] + s[:, None] ** 2
+        prec = (1.0 / var)[:, :, None, None]
+        const = logw[None, :] - 0.5 * d * np.log(var)
+    else:
+        eye = torch.eye(d, dtype=torch.float64)
+        cov = torch.as_tensor(m)[:, None, None, None] ** 2 * gm.covs[None] + torch.as_tensor(s)[:, None, None, None] ** 2 * eye
+        chol = torch.linalg.cholesky(cov)  # (L, K, d, d)
+        prec = torch.cholesky_inverse(chol).numpy()
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1).numpy()
+        const = logw[None, :] - 0.5 * logdet
+    return np.ascontiguousarray(prec), np.ascontiguousarray(const), iso, m, s
+
+
+def flops_per_sample_step(gm, heun: bool = False) -> int:
+    """Floating-point operations of one sample-step (score evaluations counted by
+    :func:`minidiff.kernels.trajectories.flops_gm_score`, plus ~10 per coordinate for the update)."""
+    from minidiff.kernels.trajectories import flops_gm_score
+
+    f = flops_gm_score(gm.n_components, gm.dim, _is_isotropic(gm)) + 10 * gm.dim
+    return 2 * f if heun else f
+
+
+def _run(kernel, x, numpy_in, gm, tables, seed):
+    out = _backend.gm_trajectories(kernel, x, [gm.means.numpy()] + tables, seed)
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        raise FloatingPointError(f"{kernel}: the trajectories left the finite range (non-finite samples)")
+    return out.numpy() if numpy_in else out
+
+
+def _f64(v):
+    return np.ascontiguousarray(np.asarray(v, dtype=np.float64))
+
+
+def _i64(v):
+    return np.ascontiguousarray(np.asarray(v, dtype=np.int64))
+
+
+# ============================================================================ eps/x0-form samplers
+def _eps_run(gm, x, numpy_in, levels, cx, cx0, ceps, cx0p, cz, nstep, recompute, c, seed):
+    prec, const, iso, m, s = level_tables(gm, levels)
+    n = len(cx)
+    tables = [prec, const, iso, _i64(np.arange(n)), m, s, _f64(cx), _f64(cx0), _f64(ceps), _f64(cx0p), _f64(cz),
+              _i64(nstep), bool(recompute), float(c)]
+    return _run("eps_trajectories", x, numpy_in, gm, tables, seed)
+
+
+def ddpm_exact(gm, x_T, schedule, *, seed=None, clip_x0=None):
+    """Ancestral sampling (Ho et al. 2020, Alg. 2, posterior-mean form eq. 7) over all ``T`` steps with
+    the exact eps ``-sqrt(1 - ab) grad log q_t``; noise counter ``step = index`` (none at ``t_index = 0``).
+    ``x_T``: ``(B, d)``. Returns the samples ``(B, d)``."""
+    from minidiff.kernels.formulas import ddpm_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    seed = _check_seed(seed, needed=schedule.T > 1)
+    c = _check_clip(clip_x0)
+    levels, cx, cx0, cz, nstep = [], [], [], [], []
+    for i, t in enumerate(range(schedule.T - 1, -1, -1)):
+        ab = float(schedule.alpha_bar[t])
+        _, _, a0, a1, std = ddpm_coefficients(ab, schedule.alpha_bar_prev[t], schedule.betas[t], schedule.alphas[t],
+                                              schedule.posterior_variance[t], add_noise=t > 0)
+        levels.append((math.sqrt(ab), math.sqrt(1.0 - ab)))
+        cx.append(a1), cx0.append(a0), cz.append(std), nstep.append(i if t > 0 else -1)
+    zeros = [0.0] * len(cx)
+    return _eps_run(gm, x, numpy_in, levels, cx, cx0, zeros, zeros, cz, nstep, False, c, seed)
+
+
+def ddim_exact(gm, x_T, schedule, n_steps: int, eta: float = 0.0, seed=None, *, clip_x0=None):
+    """DDIM (Song et al. 2021a, eq. 12, ``sigma(eta)`` of eq. 16) on ``schedule.timesteps(n_steps)``,
+    the last step to the data, with the exact eps; with clipping, eps is recomputed from the clipped
+    ``x0`` as :func:`minidiff.backend.ddim_step` does. Noise counter (``eta > 0``): ``step = index``,
+    none on the last step. Returns the samples ``(B, d)``."""
+    from minidiff.kernels.formulas import ddim_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) or not float(eta) >= 0 \
+            or not math.isfinite(float(eta)):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    t_idx = schedule.timesteps(n_steps).tolist()
+    t_prev = t_idx[1:] + [-1]
+    seed = _check_seed(seed, needed=float(eta) > 0 and len(t_idx) > 1)
+    c = _check_clip(clip_x0)
+    levels, cx0, ceps, cz, nstep = [], [], [], [], []
+    for i, (t, tp) in enumerate(zip(t_idx, t_prev)):
+        ab = float(schedule.alpha_bar[t])
+        abp = 1.0 if tp < 0 else float(schedule.alpha_bar[tp])
+        _, _, _, _, sap, cdir, sigma = ddim_coefficients(ab, abp, eta)
+        levels.append((math.sqrt(ab), math.sqrt(1.0 - ab)))
+        noisy = float(eta) > 0 and tp >= 0 and sigma > 0
+        cx0.append(sap), ceps.append(cdir), cz.append(sigma if noisy else 0.0), nstep.append(i if noisy else -1)
+    zeros = [0.0] * len(cx0)
+    return _eps_run(gm, x, numpy_in, levels, zeros, cx0, ceps, zeros, cz, nstep, clip_x0 is not None, c, seed)
+
+
+def dpm_solver_2m_exact(gm, x_T, schedule, n_steps: int, *, clip_x0=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction, multistep) on
+    ``schedule.timesteps(n_steps)``, first and last steps first order, as
+    :func:`minidiff.solvers.dpm_solver_2m`: ``x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) D``,
+    ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``. Deterministic. Returns the samples ``(B, d)``."""
+    from minidiff.solvers import _alpha_sigma_lambda
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    c = _check_clip(clip_x0)
+    t_idx = schedule.timesteps(n_steps).tolist()
+    t_next = t_idx[1:] + [-1]
+    levels, cx, cx0, cx0p = [], [], [], []
+    h_prev = None
+    for t_s, t_t in zip(t_idx, t_next):
+        a_s, s_s, lam_s = _alpha_sigma_lambda(schedule, t_s)
+        a_t, s_t, lam_t = _alpha_sigma_lambda(schedule, t_t)
+        levels.append((a_s, s_s))
+        if t_t < 0:  # to the data: x = x0_hat
+            cx.append(0.0), cx0.append(1.0), cx0p.append(0.0)
+            continue
+        h = lam_t - lam_s
+        k = -a_t * math.expm1(-h)
+        if h_prev is None:  # Alg. 2, line 3: first order
+            cx.append(s_t / s_s), cx0.append(k), cx0p.append(0.0)
+        else:               # Alg. 2, lines 5-6
+            r = h_prev / h
+            cx.append(s_t / s_s), cx0.append(k * (1.0 + 0.5 / r)), cx0p.append(-k * 0.5 / r)
+        h_prev = h
+    zeros = [0.0] * len(cx)
+    return _eps_run(gm, x, numpy_in, levels, cx, cx0, zeros, cx0p, zeros, [-1] * len(cx), False, c, 0)
+
+
+# ============================================================================ SDE / ODE samplers
+def _sde_grid(sde, n_steps, t_min):
+    for name in ("drift_coef", "diffusion", "mean_scale", "marginal_std", "time_grid"):
+        if not callable(getattr(sde, name, None)):
+            raise TypeError(f"sde must be a VPSDE or VESDE (minidiff.sde), got {type(sde).__name__}")
+    return sde.time_grid(n_steps, t_min).tolist()
+
+
+def _score_run(gm, sde, x_T, n_steps, t_min, kind, seed):
+    from minidiff.kernels.formulas import heun_coefficients, pf_ode_euler_coefficients, reverse_sde_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    ts = _sde_grid(sde, n_steps, t_min)
+    seed = _check_seed(seed, needed=kind == "em")
+    n = len(ts) - 1
+    levels = [(sde.mean_scale(t), sde.marginal_std(t)) for t in ts]  # level i is time ts[i]
+    cx, cs, cz, heun, hx, hs, hxe, hse, nstep = ([] for _ in range(9))
+    for i, (t, tn) in enumerate(zip(ts[:-1], ts[1:])):
+        f, g, dt = sde.drift_coef(t), sde.diffusion(t), t - tn
+        coef = reverse_sde_coefficients(f, g, dt) if kind == "em" else pf_ode_euler_coefficients(f, g, dt)
+        cx.append(coef[0]), cs.append(coef[1]), cz.append(coef[2]), nstep.append(i if kind == "em" else -1)
+        h = kind == "heun" and i < n - 1  # Karras et al. 2022, Alg. 1: the last step is Euler
+        hc = heun_coefficients(f, g, sde.drift_coef(tn), sde.diffusion(tn), dt) if h else (0.0, 0.0, 0.0, 0.0)
+        heun.append(h), hx.append(hc[0]), hs.append(hc[1]), hxe.append(hc[2]), hse.append(hc[3])
+    if kind != "heun":
+        levels = levels[:-1]  # the score is never evaluated at t_min
+    prec, const, iso, m, s = level_tables(gm, levels)
+    lev = np.arange(n)
+    lev2 = np.minimum(lev + 1, len(levels) - 1)
+    tables = [prec, const, iso, _i64(lev), _i64(lev2), m, s, _f64(cx), _f64(cs), _f64(cz),
+              np.ascontiguousarray(np.asarray(heun, dtype=np.bool_)), _f64(hx), _f64(hs), _f64(hxe), _f64(hse),
+              _i64(nstep)]
+    return _run("score_trajectories", x, numpy_in, gm, tables, seed)
+
+
+def euler_maruyama_exact(gm, x_T, sde, n_steps: int, *, seed=None, t_min: float = 1e-3):
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021b, eq. 6) from ``t = 1`` to ``t_min`` with the
+    exact score of ``gm.noised(sde.mean_scale(t), sde.marginal_std(t))``, as
+    :func:`minidiff.samplers.euler_maruyama`; noise counter ``step = index``. Returns ``(B, d)``."""
+    return _score_run(gm, sde, x_T, n_steps, t_min, "em", seed)
+
+
+def pf_ode_euler_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):
+    """Euler on the probability-flow ODE (Song et al. 2021b, eq. 13) with the exact score, as
+    :func:`minidiff.samplers.pf_ode_euler`. Deterministic. Returns ``(B, d)``."""
+    return _score_run(gm, sde, x_T, n_steps, t_min, "euler", None)
+
+
+def pf_ode_heun_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):
+    """Heun on the probability-flow ODE (Karras et al. 2022, Alg. 1; the last step Euler), with the exact
+    score, as :func:`minidiff.samplers.pf_ode_heun`. Deterministic. Returns ``(B, d)``."""
+    return _score_run(gm, sde, x_T, n_steps, t_min, "heun", None)

@@ -1,0 +1,139 @@
+"""minidiff.trajectories (fused exact-score trajectories) against the step-by-step samplers driven by
+the exact mixture score through torch: the same noise by construction, equal to rounding in float64."""
+import numpy as np
+import pytest
+import torch
+
+from minidiff import GaussianMixture, Schedule, samplers
+from minidiff import backend as B
+from minidiff import trajectories as TR
+from minidiff.sde import VESDE, VPSDE
+from minidiff.solvers import dpm_solver_2m
+
+S = Schedule.linear(T=60)
+GRID = GaussianMixture.grid_2d(3, 1.0, 0.1)  # isotropic, 9 components
+FULL = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0]]),
+                       torch.stack([torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]]),
+                                    0.3 * torch.eye(3)]))  # full covariances
+SEED = 2**40 + 5
+
+
+def x_T(gm, n=300, dtype=torch.float64):
+    return B.normal((n, gm.dim), seed=11, step=10**6, dtype=dtype)
+
+
+def noise_for(x):
+    return lambda step: B.normal(x.shape, SEED, step, dtype=x.dtype)
+
+
+def score_fn(gm, sde):
+    return lambda x, t: gm.noised(sde.mean_scale(t), sde.marginal_std(t)).score(x)
+
+
+def torch_path(kind, gm, x, **kw):
+    """The step-by-step sampler on the exact score (what the notebooks ran before)."""
+    if kind == "ddpm":
+        return samplers.final(samplers.ddpm(gm.eps_model(S), x, S, noise=noise_for(x), **kw))
+    if kind == "ddim":
+        return samplers.final(samplers.ddim(gm.eps_model(S), x, S, 12, noise=noise_for(x), **kw))
+    if kind == "dpm2m":
+        return samplers.final(dpm_solver_2m(gm.eps_model(S), x, S, 12, **kw))
+    sde = kw.pop("sde")
+    f = {"em": samplers.euler_maruyama, "euler": samplers.pf_ode_euler, "heun": samplers.pf_ode_heun}[kind]
+    extra = {"noise": noise_for(x)} if kind == "em" else {}
+    return samplers.final(f(score_fn(gm, sde), x, sde, 25, **extra))
+
+
+def fused(kind, gm, x, **kw):
+    if kind == "ddpm":
+        return TR.ddpm_exact(gm, x, S, seed=SEED, **kw)
+    if kind == "ddim":
+        return TR.ddim_exact(gm, x, S, 12, kw.pop("eta", 0.0), SEED, **kw)
+    if kind == "dpm2m":
+        return TR.dpm_solver_2m_exact(gm, x, S, 12, **kw)
+    sde = kw.pop("sde")
+    if kind == "em":
+        return TR.euler_maruyama_exact(gm, x, sde, 25, seed=SEED)
+    return {"euler": TR.pf_ode_euler_exact, "heun": TR.pf_ode_heun_exact}[kind](gm, x, sde, 25)
+
+
+CASES = [("ddpm", {}), ("ddpm", {"clip_x0": 1.0}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.5}),
+         ("ddim", {"eta": 1.0, "clip_x0": 1.2}), ("dpm2m", {}), ("dpm2m", {"clip_x0": 1.0}),
+         ("em", {"sde": VPSDE()}), ("euler", {"sde": VPSDE()}), ("heun", {"sde": VPSDE()}),
+         ("em", {"sde": VESDE(sigma_min=0.01, sigma_max=5.0)}), ("heun", {"sde": VESDE(sigma_min=0.01, sigma_max=5.0)})]
+
+
+@pytest.mark.parametrize("gm", [GRID, FULL], ids=["isotropic", "full"])
+@pytest.mark.parametrize("kind,kw", CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CASES)])
+def test_fused_equals_the_torch_path_in_float64(kind, kw, gm):
+    x = x_T(gm)
+    want = torch_path(kind, gm, x, **dict(kw))
+    got = fused(kind, gm, x, **dict(kw))
+    assert got.dtype == torch.float64 and got.shape == x.shape
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-11 * max(1.0, scale))
+    assert float((got - x).abs().max()) > 0.1  # it moved
+
+
+def test_dimension_64_and_one_component():
+    rng = np.random.default_rng(0)
+    gm = GaussianMixture.isotropic(torch.as_tensor(rng.standard_normal((3, 64))), 0.3)
+    x = x_T(gm, n=40)
+    torch.testing.assert_close(fused("ddim", gm, x, eta=0.7), torch_path("ddim", gm, x, eta=0.7), rtol=0, atol=1e-11)
+    one = GaussianMixture.isotropic([[0.5, -0.5]], 0.2)
+    x = x_T(one, n=50)
+    torch.testing.assert_close(fused("dpm2m", one, x), torch_path("dpm2m", one, x), rtol=0, atol=1e-12)
+
+
+def test_float32_in_float32_out_and_numpy_in_numpy_out():
+    x = x_T(GRID, dtype=torch.float32)
+    got = fused("ddim", GRID, x, eta=0.3)
+    want = fused("ddim", GRID, x.double(), eta=0.3)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)  # float64 inside, one rounding at the end
+    g = TR.ddim_exact(GRID, x.double().numpy(), S, 12, 0.3, SEED)
+    assert isinstance(g, np.ndarray)
+    np.testing.assert_array_equal(g, want.numpy())
+
+
+def test_deterministic_and_seed_dependent():
+    x = x_T(GRID)
+    a, b = (TR.ddpm_exact(GRID, x, S, seed=1) for _ in range(2))
+    assert torch.equal(a, b)
+    assert float((TR.ddpm_exact(GRID, x, S, seed=2) - a).abs().max()) > 0.01
+
+
+def test_samples_land_on_the_mixture():
+    """DPM-Solver++(2M), 30 steps, on the 3x3 grid: every sample within 5 std of a component mean."""
+    x = B.normal((4000, 2), seed=1, dtype=torch.float64)
+    got = TR.dpm_solver_2m_exact(GRID, x, Schedule.cosine(T=1000), 30)
+    dist = torch.cdist(got, GRID.means).min(1).values
+    assert float(dist.max()) < 0.5
+
+
+def test_bad_arguments_name_themselves():
+    x = x_T(GRID)
+    with pytest.raises(TypeError, match="gm must be a minidiff.GaussianMixture"):
+        TR.ddim_exact("gm", x, S, 5)
+    with pytest.raises(ValueError, match=r"x_T must have shape \(B, 2\)"):
+        TR.ddim_exact(GRID, torch.zeros(3, 3, dtype=torch.float64), S, 5)
+    with pytest.raises(ValueError, match="x_T must be finite"):
+        TR.ddim_exact(GRID, torch.full((3, 2), float("nan")), S, 5)
+    with pytest.raises(ValueError, match="pass seed="):
+        TR.ddpm_exact(GRID, x, S)
+    with pytest.raises(ValueError, match="eta must be"):
+        TR.ddim_exact(GRID, x, S, 5, -1.0, 0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        TR.ddim_exact(GRID, x, S, 5, 1.0, 1.5)
+    with pytest.raises(TypeError, match="clip_x0 must be a real number"):
+        TR.ddim_exact(GRID, x, S, 5, clip_x0="1")
+    with pytest.raises(TypeError, match="sde must be"):
+        TR.pf_ode_euler_exact(GRID, x, S, 5)
+    with pytest.raises(ValueError, match="x_T"):
+        TR.ddim_exact(GRID, torch.zeros(3, 2, device="meta"), S, 5)
+
+
+def test_flops_count_is_consistent():
+    assert TR.flops_per_sample_step(GRID, heun=True) == 2 * TR.flops_per_sample_step(GRID)
+    assert TR.flops_per_sample_step(FULL) > TR.flops_per_sample_step(
+        GaussianMixture.isotropic(FULL.means, 0.3, FULL.weights))
