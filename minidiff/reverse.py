@@ -64,9 +64,9 @@ def true_reverse_moments(x_t, t_index: int, schedule: Schedule, support, weights
     """Mean and variance of the true mixture kernel ``q(x_{t-1} | x_t)``: the plug-in mean (``mu~_t`` is linear
     in ``x_0``) and ``beta~_t + c_t^2 Var(x_0 | x_t)`` (law of total variance). ``(N,)`` each."""
     x = _as_1d(x_t)
-    mean, var_plugin = plugin_reverse_moments(x, t_index, schedule, support, weights)
-    _, var_x0 = x0_posterior_moments(x, t_index, schedule, support, weights)
-    return mean, var_plugin + _posterior_x0_coef(t_index, schedule) ** 2 * var_x0
+    x0_mean, x0_var = x0_posterior_moments(x, t_index, schedule, support, weights)
+    mean, var = q_posterior(x0_mean[:, None], x[:, None], t_index, schedule)
+    return mean[:, 0], var[:, 0] + _posterior_x0_coef(t_index, schedule) ** 2 * x0_var
 
 
 def plugin_reverse_step(x_t, t_index: int, schedule: Schedule, support, weights, *,
