@@ -42,6 +42,7 @@ def _build(jit):
 
 
 _philox, _lane, _gumbel = _build(njit)
+cuda = None  # numba.cuda, bound by cuda_kernels() on first use
 
 
 @njit(parallel=True, cache=True)
@@ -78,8 +79,10 @@ def gumbel_fill(out, k0, k1, step):
 def cuda_kernels() -> dict:
     """``{"categorical": kernel}``: :func:`categorical` as a ``cuda.jit`` grid-stride loop over rows
     (launch with :func:`minidiff.kernels.cuda.launch`; any grid gives the same tokens)."""
-    from numba import cuda
+    global cuda  # a module global: the simulator swaps ``cuda`` in a kernel's globals for its fake module
+    from numba import cuda as _numba_cuda
 
+    cuda = _numba_cuda
     philox, lane, gumbel = _build(cuda.jit(device=True))
 
     @cuda.jit
