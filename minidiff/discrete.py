@@ -48,7 +48,7 @@ from .samplers import Step
 __all__ = [
     "KINDS", "ORDERS", "DiscreteSchedule", "stationary", "transition_matrix", "q_probs", "q_sample",
     "posterior_probs", "reverse_probs", "vb_kl", "masked_weight", "masked_diffusion_loss",
-    "MaskedDiffusionObjective", "ancestral", "unmask", "TokenTable", "tv_interval",
+    "MaskedDiffusionObjective", "ancestral", "unmask", "TokenTable", "tv_interval", "wilson_interval",
 ]
 
 KINDS = ("uniform", "absorbing")
@@ -536,3 +536,15 @@ def tv_interval(table: TokenTable, samples, *, n_boot: int = 200, level: float =
     q_lo, q_hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     tv = _tv_counts(idx, p)
     return tv, max(0.0, 2 * tv - float(q_hi)), 2 * tv - float(q_lo)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``k / n`` (Wilson 1927; Brown, Cai & DasGupta 2001):
+    ``(center ± z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``center = p + z^2/2n``."""
+    k, n = int(k), _check_int(n, "n")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, n], got k={k}, n={n}")
+    p = k / n
+    center = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (center - half) / (1 + z * z / n), (center + half) / (1 + z * z / n)

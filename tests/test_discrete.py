@@ -221,3 +221,14 @@ def test_bad_inputs_raise_named_errors():
         D.transition_matrix("uniform", 3, 1.5)
     with pytest.raises(ValueError, match="absorbing"):
         D.masked_weight(0, SCHEDULES[1])
+
+
+def test_wilson_interval_against_scipy():
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 20), (7, 20), (180, 200), (200, 200)]:
+        lo, hi = D.wilson_interval(k, n)
+        ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert lo == pytest.approx(ci.low, abs=1e-4) and hi == pytest.approx(ci.high, abs=1e-4)
+    with pytest.raises(ValueError, match="k must"):
+        D.wilson_interval(5, 3)
