@@ -625,3 +625,41 @@ def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, 
         raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
     return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True,
                lambda x, s, z: x + drift_coef * x * dt + math.sqrt(2 * D * dt) * z, backend, out)
+
+
+# ============================================================================ categorical draws (discrete diffusion)
+def categorical(probs, *, seed: int, step: int = 0, backend=None) -> torch.Tensor:
+    """One draw per row from ``probs`` ``(..., K)`` (non-negative, each row with positive mass; rows
+    need not sum to 1), as int64 ``(...)``: the Gumbel-max trick ``argmax_k log p_k + G_k`` with
+    ``G`` from Philox on ``(seed, row, k, step)`` (:mod:`minidiff.kernels.categorical`), so the
+    ``"torch"`` reference (eager ops on the same noise) and the kernels give the same tokens.
+    Categories with ``p = 0`` are never drawn."""
+    name, numpy_in, p = _resolve(backend), isinstance(probs, np.ndarray), _as_tensor(probs, "probs")
+    if seed is None:
+        raise ValueError("seed must be an int (categorical draws always use counter-based noise)")
+    _check_step(seed, step)
+    if p.ndim < 1 or p.shape[-1] < 1:
+        raise ValueError(f"probs must have K >= 1 categories on its last axis, got shape {tuple(p.shape)}")
+    rows = p.reshape(-1, p.shape[-1]).contiguous()
+    if rows.numel() and not (bool(torch.isfinite(rows).all()) and bool((rows >= 0).all())
+                             and bool((rows.sum(-1) > 0).all())):
+        raise ValueError("probs must be finite and non-negative with positive mass in every row")
+    k0, k1, step = _seed_args(seed, step)
+    out = torch.empty(rows.shape[0], dtype=torch.int64, device=p.device)
+    if rows.shape[0]:
+        from minidiff.kernels import categorical as kcat
+
+        if name == "torch":
+            g = torch.from_numpy(np.empty(tuple(rows.shape), dtype=np.float64))
+            kcat.gumbel_fill(g.numpy(), k0, k1, step)
+            logp = torch.where(rows > 0, torch.log(rows.double().clamp_min(1e-300)), -torch.inf)
+            out = (logp + g.to(p.device)).argmax(-1)
+        elif p.device.type == "cuda":
+            kc = _cuda_kernels()
+            index = p.device.index if p.device.index is not None else torch.cuda.current_device()
+            kc.launch_on_stream(kcat.cuda_kernels()["categorical"], rows.shape[0], [rows, k0, k1, step, out],
+                                torch.cuda.current_stream(index).cuda_stream, index)
+        else:
+            _cpu_kernels().run(kcat.categorical, [rows.numpy(), k0, k1, step, out.numpy()], rows.numel(), True)
+    out = out.reshape(p.shape[:-1])
+    return out.numpy() if numpy_in else out

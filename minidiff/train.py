@@ -163,6 +163,12 @@ def training_data(data: str, conditional: bool = False) -> tuple[torch.Tensor, t
     if data == "digits":
         x, y = D.load_digits("train")
         return x, (y if conditional else None)
+    if data == "arith":  # int64 (9000, 9) addition statements (minidiff.arithmetic; 1000 held out)
+        from .arithmetic import split
+
+        if conditional:
+            raise ValueError("data 'arith' has no labels")
+        return split()[0], None
     if conditional:
         raise ValueError(f"data {data!r} has no labels")
     g = torch.Generator().manual_seed(1234)
@@ -211,6 +217,9 @@ class DDPMObjective:
 
 # Objective name (stored in presets and checkpoints as data) -> its class.
 OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective}
+from .discrete import MaskedDiffusionObjective  # noqa: E402  (masked diffusion on tokens, notebook 12)
+
+OBJECTIVES["masked"] = MaskedDiffusionObjective
 
 
 def get_objective(objective) -> object:
