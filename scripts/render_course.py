@@ -322,6 +322,12 @@ def rewrite_notebook_links(text: str) -> str:
 MATHJAX_DIR = "mathjax"
 MATHJAX_URL = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 PLAYER_JS_NAME = "minidiff-player.js"
+# jupyter-server-mathjax ships the STIX-Web fonts (not MathJax's default TeX web font): use them, as
+# the classic Jupyter Notebook did with this same MathJax.
+MATHJAX_FONT_CONFIG = """<script type="text/x-mathjax-config">
+MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], imageFont: null, preferredFont: null, webFont: "STIX-Web"}});
+</script>
+"""
 
 
 def mathjax_source() -> Path:
@@ -363,6 +369,7 @@ def finish_page(body: str, prev: Page | None, nxt: Page | None) -> str:
     style and script."""
     body = rewrite_notebook_links(body)
     body = body.replace('<script src=""></script>', "")
+    body = body.replace(f'<script src="{MATHJAX_URL}"', MATHJAX_FONT_CONFIG + f'<script src="{MATHJAX_URL}"', 1)
     body = body.replace("</head>", f"<style>{PLAYER_CSS}</style>\n</head>", 1)
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav_html(prev, nxt, "md-top"), body, count=1)
     tail = nav_html(prev, nxt, "md-bottom") + f'<script src="{PLAYER_JS_NAME}"></script>\n'
