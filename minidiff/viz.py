@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["new_figure", "figure_to_png", "digits_png", "scatter_png", "curve_png", "png_strip",
-           "decode_png", "png_size", "pixel_ratio", "pixel_ratio_context"]
+           "decode_png", "png_size", "pixel_ratio", "pixel_ratio_context", "palette_png"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,6 +83,40 @@ def figure_to_png(fig, *, dpi=None, close: bool = True) -> bytes:
     plt = sys.modules.get("matplotlib.pyplot")
     if close and plt is not None:
         plt.close(fig)  # a no-op for figures pyplot does not manage
+    return buf.getvalue()
+
+
+def palette_png(png: bytes) -> bytes:
+    """The same picture as an 8-bit palette PNG (what the chain player stores: a third to a half
+    of the bytes). Exact when the image has at most 256 colours (digit grids, flat plots);
+    otherwise the colours are reduced to 256 by Pillow's fast octree, without dithering. Fully
+    transparent pixels become opaque white first (the players sit on white)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png))
+    rgba = np.asarray(im.convert("RGBA"))
+    a = rgba[..., 3:4].astype(np.float64) / 255.0
+    rgb = np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)     # over white
+    flat = rgb.reshape(-1, 3)
+    colours, index = np.unique(flat, axis=0, return_inverse=True)
+    if len(colours) <= 256:
+        q = Image.fromarray(index.reshape(rgb.shape[:2]).astype(np.uint8), mode="L").convert("P")
+        q.putpalette(colours.astype(np.uint8).reshape(-1).tolist())
+    else:
+        q = Image.fromarray(rgb, mode="RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                                       dither=Image.Dither.NONE)
+        # One k-means step: each palette entry becomes the mean colour of the pixels mapped to it
+        # (the octree's entries are cell centres; a white background would come out off-white).
+        idx = np.asarray(q).reshape(-1)
+        count = np.bincount(idx, minlength=256)
+        pal = np.asarray(q.getpalette()[:768], dtype=np.float64).reshape(-1, 3)
+        pal = np.pad(pal, ((0, 256 - len(pal)), (0, 0)))
+        used = count > 0
+        for c in range(3):
+            pal[used, c] = np.bincount(idx, weights=flat[:, c], minlength=256)[used] / count[used]
+        q.putpalette(np.round(pal).astype(np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    q.save(buf, format="PNG")
     return buf.getvalue()
 
 

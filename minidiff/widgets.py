@@ -50,8 +50,8 @@ import inspect
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .viz import (PNG_MAGIC, curve_png, digits_png, figure_to_png, pixel_ratio_context, png_size, png_strip,
-                  scatter_png)
+from .viz import (PNG_MAGIC, curve_png, digits_png, figure_to_png, palette_png, pixel_ratio_context, png_size,
+                  png_strip, scatter_png)
 
 __all__ = ["ChainPlayer", "ParameterPlayer", "to_png", "digits_png", "scatter_png", "curve_png",
            "PLAYER_CLASS", "PARAMETER_PLAYER_CLASS"]
@@ -117,6 +117,10 @@ class ChainPlayer:
     pixel_ratio : int
         PNG pixels per displayed pixel (default 2, for high-density screens; 1 halves the size of
         the stored frames).
+    palette : bool
+        Store each frame as an 8-bit palette PNG (:func:`minidiff.viz.palette_png`; exact up to
+        256 colours): the frames are saved with the notebook's widget state, and this cuts their
+        bytes by about half. ``False`` keeps the renderer's PNG as it is.
 
     Attributes for code and tests: :attr:`frames`, :attr:`frames_png`, :attr:`side_png`,
     :attr:`labels`, the widgets :attr:`play`, :attr:`slider`, :attr:`image_stack`,
@@ -127,7 +131,7 @@ class ChainPlayer:
     def __init__(self, frames, render: Renderer, *, side: Renderer | None = None,
                  labels: Sequence[str] | Callable[[Any], str] | None = None, interval_ms: int = 200,
                  title: str | None = None, start: int = 0, strip_frames: int = 6, loop: bool = False,
-                 pixel_ratio: int = 2):
+                 pixel_ratio: int = 2, palette: bool = True):
         import ipywidgets as widgets
 
         if not callable(render):
@@ -156,6 +160,7 @@ class ChainPlayer:
         start = start % n
 
         self.pixel_ratio = pixel_ratio
+        self.palette = bool(palette)
         with pixel_ratio_context(pixel_ratio):
             self.frames_png: list[bytes] = [self._render(render, f, i, "render") for i, f in enumerate(self.frames)]
             self.side_png: list[bytes] | None = (
@@ -216,7 +221,8 @@ class ChainPlayer:
             raise err from e
 
     def _render(self, fn, frame, i: int, name: str) -> bytes:
-        return to_png(self._call(fn, frame, i, name), name=name)
+        png = to_png(self._call(fn, frame, i, name), name=name)
+        return palette_png(png) if self.palette else png
 
     def _image(self, png: bytes):
         """An Image widget showing ``png`` at its display size (pixel width / pixel_ratio)."""

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from minidiff.viz import (PNG_MAGIC, curve_png, decode_png, digits_png, new_figure, pixel_ratio,  # noqa: E402
-                          pixel_ratio_context, png_size, png_strip, scatter_png)
+from minidiff.viz import (PNG_MAGIC, curve_png, decode_png, digits_png, new_figure, palette_png,  # noqa: E402
+                          pixel_ratio, pixel_ratio_context, png_size, png_strip, scatter_png)
 from minidiff.widgets import PLAYER_CLASS, ChainPlayer, ParameterPlayer, to_png  # noqa: E402
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -84,7 +84,7 @@ def test_frames_are_rendered_at_twice_their_display_size():
     p = ChainPlayer([x], lambda f: digits_png(f, scale=4))
     assert png_size(p.frames_png[0]) == (80, 80)
     # the same picture, each displayed pixel drawn as 2x2 device pixels
-    np.testing.assert_array_equal(decode_png(p.frames_png[0])[::2, ::2], decode_png(native))
+    np.testing.assert_array_equal(decode_png(p.frames_png[0])[::2, ::2, :3], decode_png(native)[..., :3])
     assert p.image.width == "40"  # shown at its display size
     assert pixel_ratio() == 1               # the context ends with the construction
 
@@ -97,6 +97,11 @@ def test_frames_are_rendered_at_twice_their_display_size():
     assert png_size(q.frames_png[0]) == (2 * 160, 2 * 120) and q.image.width == "160"
     assert png_size(q.side_png[0]) == (200, 200) and q.side_image.width == "100"
     assert png_size(ChainPlayer([0], fig_render, pixel_ratio=1).frames_png[0]) == (160, 120)
+    # stored as a palette PNG: the same pixels (over white), fewer bytes
+    raw = ChainPlayer([0], fig_render, palette=False).frames_png[0]
+    a, b = decode_png(q.frames_png[0])[..., :3], decode_png(raw)[..., :3]
+    assert np.abs(a - b).mean() < 2 / 255 and (a == 1).mean() > 0.5   # white stays white
+    assert len(q.frames_png[0]) < len(raw)
     # the static strip is drawn at the same density and displayed at half its pixel size
     data, meta = q._repr_mimebundle_()
     w, h = png_size(base64.b64decode(data["image/png"]))
@@ -250,3 +255,28 @@ def test_parameter_player_select_rejects_unknown_values():
         pp.select(theta=1)
     with pytest.raises(ValueError, match="steps"):
         pp.select(steps=3)
+
+
+def test_palette_png_is_exact_up_to_256_colours_and_close_beyond():
+    rng = np.random.default_rng(0)
+    few = digits_png(rng.normal(size=(4, 8, 8)), scale=3)                  # grey levels: few colours
+    np.testing.assert_array_equal(decode_png(palette_png(few))[..., :3], decode_png(few)[..., :3])
+    # many colours: reduced to 256, each pixel still close to the original
+    fig = new_figure((2.0, 2.0), dpi=60)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(rng.uniform(size=(40, 40, 3)), interpolation="bilinear")
+    ax.set_axis_off()
+    many = to_png(fig)
+    a, b = decode_png(many)[..., :3], decode_png(palette_png(many))[..., :3]
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 256 and a.shape == b.shape
+    assert np.abs(a - b).mean() < 0.05 and np.abs(a - b).max() < 0.3
+    # a typical frame (points with alpha over a grey cloud, axes, title): very close
+    plot = scatter_png(rng.normal(size=(500, 2)), background=rng.normal(size=(500, 2)), title="t = 0.50")
+    a, b = decode_png(plot)[..., :3], decode_png(palette_png(plot))[..., :3]
+    assert np.abs(a - b).mean() < 2 / 255
+    # transparency is composed over white
+    rgba = new_figure((1.0, 1.0), dpi=20)
+    rgba.patch.set_alpha(0.0)
+    t = to_png(rgba)
+    assert decode_png(t)[..., 3].max() == 0.0
+    np.testing.assert_array_equal(decode_png(palette_png(t))[..., :3], 1.0)
