@@ -89,22 +89,28 @@ def figure_to_png(fig, *, dpi=None, close: bool = True) -> bytes:
 def palette_png(png: bytes) -> bytes:
     """The same picture as an 8-bit palette PNG (what the chain player stores: a third to a half
     of the bytes). Exact when the image has at most 256 colours (digit grids, flat plots);
-    otherwise the colours are reduced to 256 by Pillow's fast octree, without dithering. Fully
-    transparent pixels become opaque white first (the players sit on white)."""
+    otherwise the colours are reduced to 256 by Pillow's fast octree, without dithering, then each
+    palette entry is set to the mean colour of its pixels. Transparent pixels are composed over
+    white first (the players sit on white)."""
     from PIL import Image
 
     im = Image.open(io.BytesIO(png))
-    rgba = np.asarray(im.convert("RGBA"))
-    a = rgba[..., 3:4].astype(np.float64) / 255.0
-    rgb = np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)     # over white
-    flat = rgb.reshape(-1, 3)
-    colours, index = np.unique(flat, axis=0, return_inverse=True)
-    if len(colours) <= 256:
-        q = Image.fromarray(index.reshape(rgb.shape[:2]).astype(np.uint8), mode="L").convert("P")
-        q.putpalette(colours.astype(np.uint8).reshape(-1).tolist())
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        rgb = Image.new("RGB", im.size, (255, 255, 255))
+        rgb.paste(im, mask=im.getchannel("A"))
     else:
-        q = Image.fromarray(rgb, mode="RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
-                                                       dither=Image.Dither.NONE)
+        rgb = im.convert("RGB")
+    arr = np.asarray(rgb)
+    packed = (arr[..., 0].astype(np.uint32) << 16) | (arr[..., 1].astype(np.uint32) << 8) | arr[..., 2]
+    colours = rgb.getcolors(256)                  # None when there are more than 256
+    if colours is not None:
+        keys = np.sort(np.array([(r << 16) | (g << 8) | b for _, (r, g, b) in colours], dtype=np.uint32))
+        index = np.searchsorted(keys, packed).astype(np.uint8)
+        pal = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=1)
+        q = Image.fromarray(index, mode="L").convert("P")
+    else:
+        q = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
         # One k-means step: each palette entry becomes the mean colour of the pixels mapped to it
         # (the octree's entries are cell centres; a white background would come out off-white).
         idx = np.asarray(q).reshape(-1)
@@ -112,9 +118,11 @@ def palette_png(png: bytes) -> bytes:
         pal = np.asarray(q.getpalette()[:768], dtype=np.float64).reshape(-1, 3)
         pal = np.pad(pal, ((0, 256 - len(pal)), (0, 0)))
         used = count > 0
+        flat = arr.reshape(-1, 3)
         for c in range(3):
             pal[used, c] = np.bincount(idx, weights=flat[:, c], minlength=256)[used] / count[used]
-        q.putpalette(np.round(pal).astype(np.uint8).reshape(-1).tolist())
+        pal = np.round(pal)
+    q.putpalette(pal.astype(np.uint8).reshape(-1).tolist())
     buf = io.BytesIO()
     q.save(buf, format="PNG")
     return buf.getvalue()
