@@ -218,3 +218,11 @@ def test_player_with_incomplete_state_falls_back_to_its_strip(tmp_path):
     page = (site / "01_players.html").read_text(encoding="utf-8")
     assert base64.b64encode(chain.static_strip()).decode() in page
     assert page.count('class="md-player"') == 4              # the parameter player's still render
+
+
+def test_make_course_saves_widget_state_and_renders_the_site():
+    """The committed notebooks carry their players: `make course` executes with store_widget_state=True."""
+    make = (REPO / "Makefile").read_text()
+    course = make.split("\ncourse:", 1)[1].split("\n\n", 1)[0]
+    assert "--ExecutePreprocessor.store_widget_state=True" in course and "site" in course
+    assert "scripts/render_course.py notebooks site" in make.split("\nsite:", 1)[1].split("\n\n", 1)[0]

@@ -132,3 +132,10 @@ def test_course_student_edition_runs_with_every_check_not_yet(name, tmp_path, on
     correct = sorted(k for k, ok in results.items() if ok)
     assert not correct, f"{name}: checks say 'correct' with the solutions removed: {correct}"
     print(f"{name}: student edition ran top to bottom; {len(results)} checks all say 'not yet'")
+
+
+def test_make_student_uses_this_script():
+    make = (REPO / "Makefile").read_text()
+    recipe = make.split("\nstudent:", 1)[1].split("\n\n", 1)[0]
+    assert "scripts/student_edition.py notebooks student" in recipe
+    assert "/student/" in (REPO / ".gitignore").read_text().splitlines()
