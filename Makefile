@@ -23,12 +23,13 @@ NB_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 CORES := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install lab test test-unit test-cudasim test-notebooks course site bench clean help
+.PHONY: install lab test test-unit test-cudasim test-notebooks course site student bench clean help
 
 help:
 	@echo "make lab     - set everything up and open the course in JupyterLab"
 	@echo "make test    - install if needed, then run every test (unit, CUDA simulator, notebooks, browser)"
-	@echo "make course  - execute every notebook in full mode, write outputs back, render site/"
+	@echo "make course  - execute every notebook in full mode, write outputs and widget state back, render site/"
+	@echo "make student - write the student edition (solution cells removed, outputs cleared) to student/"
 	@echo "make install - the install step the others share"
 	@echo "make bench   - kernel benchmark (kernels/BENCHMARKS.md records its figures)"
 
@@ -67,15 +68,21 @@ test-notebooks: install
 # Every notebook in full mode, outputs written back, one at a time; then timed once in fast mode. The times go to
 # notebooks/runtimes.json and into each notebook's header and the README's course map (scripts/run_course.py).
 course: install
-	$(PY) scripts/run_course.py execute --no-widget-state
+	$(PY) scripts/run_course.py execute
 	$(MAKE) --no-print-directory site
 
+# The site works offline: MathJax from jupyter-server-mathjax, players from the saved widget state.
 site: install
 	$(PY) scripts/render_course.py notebooks site
+
+# Student edition: nbconvert's TagRemovePreprocessor drops cells tagged `solution`; outputs cleared.
+student: install
+	rm -rf student
+	$(PY) scripts/student_edition.py notebooks student
 
 bench: install
 	$(PY) -m minidiff.kernels.bench
 
 clean:
-	rm -rf site test-output .pytest_cache build *.egg-info
+	rm -rf site student test-output .pytest_cache build *.egg-info
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

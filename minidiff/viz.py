@@ -10,20 +10,58 @@ shown twice by the inline backend) unless you hand in a pyplot figure yourself, 
 * :func:`scatter_png` -- a 2-D point cloud in fixed limits (so frames of a chain line up).
 * :func:`curve_png` -- a curve (e.g. a schedule's ``alpha_bar``) with the current step marked.
 * :func:`png_strip` -- a row (or rows) of PNGs with captions: the static fallback of a widget.
+
+High-density screens: sizes here (``figsize`` x ``dpi``, ``scale``) are *display* sizes in CSS
+pixels. Inside :func:`pixel_ratio_context` (the chain player renders its frames in one, at 2) every
+helper draws ``ratio`` times as many pixels per displayed pixel, and the player shows each PNG at
+its pixel width divided by the ratio (:func:`png_size`), so frames stay sharp on 2x screens. Outside
+it the ratio is 1 and nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import math
+import struct
 import sys
 from typing import Sequence
 
 import numpy as np
 
 __all__ = ["new_figure", "figure_to_png", "digits_png", "scatter_png", "curve_png", "png_strip",
-           "decode_png"]
+           "decode_png", "png_size", "pixel_ratio", "pixel_ratio_context", "palette_png"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+_PIXEL_RATIO: contextvars.ContextVar[int] = contextvars.ContextVar("minidiff_pixel_ratio", default=1)
+
+
+def pixel_ratio() -> int:
+    """Device pixels drawn per displayed (CSS) pixel by the helpers here: 1 unless inside
+    :func:`pixel_ratio_context`."""
+    return _PIXEL_RATIO.get()
+
+
+@contextlib.contextmanager
+def pixel_ratio_context(ratio: int):
+    """Within the block, every helper here (and :func:`figure_to_png`) renders at ``ratio`` x its
+    display size; the caller shows the PNG at ``png_size(png)[0] / ratio`` CSS pixels wide."""
+    if not isinstance(ratio, int) or isinstance(ratio, bool) or not 1 <= ratio <= 4:
+        raise ValueError(f"ratio must be an int from 1 to 4, got {ratio!r}")
+    token = _PIXEL_RATIO.set(ratio)
+    try:
+        yield ratio
+    finally:
+        _PIXEL_RATIO.reset(token)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels of PNG bytes, read from the IHDR chunk (no decoding)."""
+    b = bytes(png[:24])
+    if len(b) < 24 or not b.startswith(PNG_MAGIC) or b[12:16] != b"IHDR":
+        raise ValueError("png must be PNG bytes starting with an IHDR chunk")
+    return struct.unpack(">II", b[16:24])
 
 
 def new_figure(figsize=(3.0, 3.0), dpi: int = 80):
@@ -37,13 +75,56 @@ def new_figure(figsize=(3.0, 3.0), dpi: int = 80):
 
 
 def figure_to_png(fig, *, dpi=None, close: bool = True) -> bytes:
-    """Render ``fig`` to PNG bytes. A pyplot figure is closed afterwards (``close=True``) so the
-    inline backend does not show it again at the end of the cell."""
+    """Render ``fig`` to PNG bytes at ``dpi`` (default: the figure's own, times :func:`pixel_ratio`).
+    A pyplot figure is closed afterwards (``close=True``) so the inline backend does not show it
+    again at the end of the cell."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else fig.dpi)
+    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else fig.dpi * pixel_ratio())
     plt = sys.modules.get("matplotlib.pyplot")
     if close and plt is not None:
         plt.close(fig)  # a no-op for figures pyplot does not manage
+    return buf.getvalue()
+
+
+def palette_png(png: bytes) -> bytes:
+    """The same picture as an 8-bit palette PNG (what the chain player stores: a third to a half
+    of the bytes). Exact when the image has at most 256 colours (digit grids, flat plots);
+    otherwise the colours are reduced to 256 by Pillow's fast octree, without dithering, then each
+    palette entry is set to the mean colour of its pixels. Transparent pixels are composed over
+    white first (the players sit on white)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png))
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        rgb = Image.new("RGB", im.size, (255, 255, 255))
+        rgb.paste(im, mask=im.getchannel("A"))
+    else:
+        rgb = im.convert("RGB")
+    arr = np.asarray(rgb)
+    packed = (arr[..., 0].astype(np.uint32) << 16) | (arr[..., 1].astype(np.uint32) << 8) | arr[..., 2]
+    colours = rgb.getcolors(256)                  # None when there are more than 256
+    if colours is not None:
+        keys = np.sort(np.array([(r << 16) | (g << 8) | b for _, (r, g, b) in colours], dtype=np.uint32))
+        index = np.searchsorted(keys, packed).astype(np.uint8)
+        pal = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=1)
+        q = Image.fromarray(index, mode="L").convert("P")
+    else:
+        q = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        # One k-means step: each palette entry becomes the mean colour of the pixels mapped to it
+        # (the octree's entries are cell centres; a white background would come out off-white).
+        idx = np.asarray(q).reshape(-1)
+        count = np.bincount(idx, minlength=256)
+        pal = np.asarray(q.getpalette()[:768], dtype=np.float64).reshape(-1, 3)
+        pal = np.pad(pal, ((0, 256 - len(pal)), (0, 0)))
+        used = count > 0
+        flat = arr.reshape(-1, 3)
+        for c in range(3):
+            pal[used, c] = np.bincount(idx, weights=flat[:, c], minlength=256)[used] / count[used]
+        pal = np.round(pal)
+    q.putpalette(pal.astype(np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    q.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -66,8 +147,9 @@ def digits_png(images, *, ncol: int | None = None, scale: int = 8, vmin: float =
 
     ``images``: ``(N, 1, H, W)``, ``(N, H, W)`` or ``(H, W)`` (tensor or array), values mapped from
     ``[vmin, vmax]`` (default: the course's ``[-1, 1]`` pixel range) to black..white and clipped.
-    ``ncol`` defaults to ``ceil(sqrt(N))``; each pixel becomes a ``scale x scale`` block; ``pad``
-    pixels (of the grid, before scaling) of mid-grey separate the images.
+    ``ncol`` defaults to ``ceil(sqrt(N))``; each pixel becomes a ``scale x scale`` block of display
+    pixels (``scale * pixel_ratio()`` PNG pixels); ``pad`` pixels (of the grid, before scaling) of
+    mid-grey separate the images.
     """
     import matplotlib.image as mpimg
 
@@ -89,7 +171,8 @@ def digits_png(images, *, ncol: int | None = None, scale: int = 8, vmin: float =
         r, c = divmod(k, ncol)
         y, x = pad + r * (h + pad), pad + c * (w + pad)
         grid[y:y + h, x:x + w] = a[k]
-    grid = np.kron(grid, np.ones((scale, scale)))
+    k = int(scale) * pixel_ratio()
+    grid = np.kron(grid, np.ones((k, k)))
     buf = io.BytesIO()
     mpimg.imsave(buf, grid, cmap=cmap, vmin=0.0, vmax=1.0, format="png")
     return buf.getvalue()
@@ -147,7 +230,9 @@ def png_strip(rows: Sequence[Sequence[bytes]], captions: Sequence[str] | None = 
               title: str | None = None, max_width_px: int = 1400, dpi: int = 80) -> bytes:
     """Lay out PNGs in a grid (``rows[r][c]``), one caption per column, as one PNG: the static
     figure strip a chain player shows where no widget front end is present. Panels keep their
-    native size unless the strip would be wider than ``max_width_px``, then all shrink together."""
+    native size unless the strip would be wider than ``max_width_px`` (display pixels), then all
+    shrink together. Inside :func:`pixel_ratio_context` the panels are taken to hold ``ratio`` PNG
+    pixels per display pixel, and the strip is drawn at that density too."""
     rows = [list(r) for r in rows]
     if not rows or not rows[0]:
         raise ValueError("png_strip needs at least one image")
@@ -159,23 +244,24 @@ def png_strip(rows: Sequence[Sequence[bytes]], captions: Sequence[str] | None = 
     decoded = [[decode_png(p) for p in r] for r in rows]
     col_w = [max(decoded[r][c].shape[1] for r in range(len(rows))) for c in range(ncol)]
     row_h = [max(im.shape[0] for im in r) for r in decoded]
-    scale = min(1.0, max_width_px / sum(col_w))
-    cap_px, title_px = (18 if captions is not None else 0), (28 if title else 0)
-    width = sum(col_w) * scale / dpi
-    height = (sum(row_h) * scale + cap_px * len(rows) + title_px) / dpi
+    r = pixel_ratio()  # panels hold r PNG pixels per display pixel; so does the strip
+    scale = min(1.0, max_width_px * r / sum(col_w))
+    cap_px, title_px = (20 if captions is not None else 0), (28 if title else 0)
+    width = sum(col_w) * scale / (r * dpi)
+    height = (sum(row_h) * scale / r + cap_px * len(rows) + title_px) / dpi
     fig = new_figure((width, height), dpi)
     axes = fig.subplots(len(rows), ncol, squeeze=False,
                         gridspec_kw={"height_ratios": row_h, "width_ratios": col_w,
                                      "left": 0, "right": 1, "bottom": 0,
                                      "top": 1 - title_px / (height * dpi), "wspace": 0.02,
-                                     "hspace": cap_px / max(1.0, sum(row_h) * scale / len(rows))})
+                                     "hspace": cap_px / max(1.0, sum(row_h) * scale / r / len(rows))})
     for r, row in enumerate(decoded):
         for c, im in enumerate(row):
             ax = axes[r][c]
             ax.imshow(im, interpolation="antialiased")
             ax.set_axis_off()
             if r == 0 and captions is not None:
-                ax.set_title(captions[c], fontsize=9)
+                ax.set_title(captions[c], fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 4 / (height * dpi), va="top")
     return figure_to_png(fig)

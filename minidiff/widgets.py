@@ -1,4 +1,4 @@
-"""Step-through widgets: one reusable chain player for every notebook.
+"""Step-through widgets that play in the browser alone: one reusable chain player for every notebook.
 
 :class:`ChainPlayer` shows a sequence of states of a process -- a forward or reverse diffusion chain,
 Langevin particles, SDE trajectories, Brownian walkers -- with a Play button, a slider, a step label
@@ -15,17 +15,28 @@ and an optional side panel::
                          title="Reverse chain")
     player                                             # last expression of the cell displays it
 
+:class:`ParameterPlayer` puts one control per parameter beside a player and swaps in the player
+pre-rendered for the chosen values (the schedule of notebook 03, eta and the number of steps of a
+reverse chain, D and theta in notebook 01)::
+
+    ParameterPlayer(lambda eta, steps: ChainPlayer(...), {"eta": [0.0, 1.0], "steps": [10, 50]})
+
 Design (see shared/design/notebooks.md):
 
 * ``frames`` is any iterable -- a list, a tensor/array (split along its first axis) or a generator,
   which is consumed once and materialised into :attr:`ChainPlayer.frames`.
 * Every frame is rendered to PNG bytes once, at construction (:attr:`frames_png`,
-  :attr:`side_png`). Moving the slider only swaps ``Image.value``, so it is instant, and no
-  plotting code runs inside a widget callback (nothing there can raise).
-* Play and the slider are linked in the browser (``jslink``); a kernel-side
-  ``observe(names="value")`` on the slider swaps the image(s) and the label.
-* Where no widget front end exists (nbconvert HTML, GitHub, a notebook reopened without its kernel)
-  the displayed bundle also carries ``image/png``: a static strip of a few evenly spaced frames
+  :attr:`side_png`), at ``pixel_ratio`` (default 2) device pixels per displayed pixel
+  (:func:`minidiff.viz.pixel_ratio_context`), and shown at its display size, so it is sharp on
+  high-density screens.
+* Everything that moves lives in the front end: each frame is its own ``Image`` in an ipywidgets 8
+  ``Stack`` (as are the step labels), and ``Play``, the slider and the stacks' ``selected_index``
+  are tied together with ``jslink``. So Play keeps going while other cells run, after the kernel
+  has stopped, and in a notebook or web page that stores the widget state; no plotting code runs
+  in a widget callback. (ipywidgets 8 was chosen over an anywidget: it needs no new dependency,
+  its front end ships with JupyterLab already, and its saved state is read by every widget manager.)
+* Where no widget front end exists (GitHub, a notebook without saved widget state) the displayed
+  bundle also carries ``image/png``: a static strip of a few evenly spaced frames
   (:meth:`static_strip`), and ``text/plain``.
 
 ``render`` and ``side`` take one frame and return a matplotlib Figure (closed after rendering) or
@@ -36,13 +47,20 @@ from __future__ import annotations
 
 import base64
 import inspect
-from typing import Any, Callable, Iterable, Sequence
+import itertools
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .viz import PNG_MAGIC, curve_png, digits_png, figure_to_png, png_strip, scatter_png
+from .viz import (PNG_MAGIC, curve_png, digits_png, figure_to_png, palette_png, pixel_ratio_context, png_size,
+                  png_strip, scatter_png)
 
-__all__ = ["ChainPlayer", "to_png", "digits_png", "scatter_png", "curve_png"]
+__all__ = ["ChainPlayer", "ParameterPlayer", "to_png", "digits_png", "scatter_png", "curve_png",
+           "PLAYER_CLASS", "PARAMETER_PLAYER_CLASS"]
 
 Renderer = Callable[[Any], Any]
+# CSS classes on the outer boxes: how the browser test and the site renderer find the players.
+PLAYER_CLASS = "minidiff-chain-player"
+PARAMETER_PLAYER_CLASS = "minidiff-parameter-player"
+LABEL_STYLE = {"font_size": "14px"}
 
 
 def to_png(obj, *, name: str = "render") -> bytes:
@@ -96,15 +114,24 @@ class ChainPlayer:
         How many evenly spaced frames the static strip shows (default 6; fewer if there are fewer).
     loop : bool
         Whether Play starts over after the last frame.
+    pixel_ratio : int
+        PNG pixels per displayed pixel (default 2, for high-density screens; 1 halves the size of
+        the stored frames).
+    palette : bool
+        Store each frame as an 8-bit palette PNG (:func:`minidiff.viz.palette_png`; exact up to
+        256 colours): the frames are saved with the notebook's widget state, and this cuts their
+        bytes by about half. ``False`` keeps the renderer's PNG as it is.
 
     Attributes for code and tests: :attr:`frames`, :attr:`frames_png`, :attr:`side_png`,
-    :attr:`labels`, and the widgets :attr:`play`, :attr:`slider`, :attr:`label`, :attr:`image`,
-    :attr:`side_image` (``None`` without ``side``), :attr:`widget` (the whole ``VBox``).
+    :attr:`labels`, the widgets :attr:`play`, :attr:`slider`, :attr:`image_stack`,
+    :attr:`side_stack` (``None`` without ``side``), :attr:`label_stack`, :attr:`widget` (the whole
+    ``VBox``), and the widgets of the frame shown: :attr:`image`, :attr:`side_image`, :attr:`label`.
     """
 
     def __init__(self, frames, render: Renderer, *, side: Renderer | None = None,
                  labels: Sequence[str] | Callable[[Any], str] | None = None, interval_ms: int = 200,
-                 title: str | None = None, start: int = 0, strip_frames: int = 6, loop: bool = False):
+                 title: str | None = None, start: int = 0, strip_frames: int = 6, loop: bool = False,
+                 pixel_ratio: int = 2, palette: bool = True):
         import ipywidgets as widgets
 
         if not callable(render):
@@ -115,6 +142,8 @@ class ChainPlayer:
             raise ValueError(f"interval_ms must be a positive int, got {interval_ms!r}")
         if not isinstance(strip_frames, int) or strip_frames < 1:
             raise ValueError(f"strip_frames must be a positive int, got {strip_frames!r}")
+        if not isinstance(pixel_ratio, int) or isinstance(pixel_ratio, bool) or not 1 <= pixel_ratio <= 4:
+            raise ValueError(f"pixel_ratio must be an int from 1 to 4, got {pixel_ratio!r}")
         if inspect.isgeneratorfunction(frames):
             raise ValueError("frames is a generator function: call it to pass the generator")
 
@@ -130,9 +159,12 @@ class ChainPlayer:
             raise ValueError(f"start must index a frame (-{n} <= start < {n}), got {start}")
         start = start % n
 
-        self.frames_png: list[bytes] = [self._render(render, f, i, "render") for i, f in enumerate(self.frames)]
-        self.side_png: list[bytes] | None = (None if side is None else
-                                             [self._render(side, f, i, "side") for i, f in enumerate(self.frames)])
+        self.pixel_ratio = pixel_ratio
+        self.palette = bool(palette)
+        with pixel_ratio_context(pixel_ratio):
+            self.frames_png: list[bytes] = [self._render(render, f, i, "render") for i, f in enumerate(self.frames)]
+            self.side_png: list[bytes] | None = (
+                None if side is None else [self._render(side, f, i, "side") for i, f in enumerate(self.frames)])
         self.title = title
         self.strip_frames = strip_frames
         self._strip: bytes | None = None
@@ -142,15 +174,26 @@ class ChainPlayer:
         self.slider = widgets.IntSlider(value=start, min=0, max=n - 1, step=1, readout=False,
                                         continuous_update=True, description="step",
                                         layout=widgets.Layout(width="320px"))
-        widgets.jslink((self.play, "value"), (self.slider, "value"))
-        self.label = widgets.Label(value=self.labels[start])
-        self.image = widgets.Image(value=self.frames_png[start], format="png")
-        self.side_image = None if self.side_png is None else widgets.Image(value=self.side_png[start], format="png")
-        panels = [self.image] if self.side_image is None else [self.image, self.side_image]
-        children = [widgets.HBox([self.play, self.slider, self.label]), widgets.HBox(panels)]
+        self._images = [self._image(p) for p in self.frames_png]
+        self._side_images = None if self.side_png is None else [self._image(p) for p in self.side_png]
+        self._labels = [widgets.Label(value=s, style=LABEL_STYLE) for s in self.labels]
+        self.image_stack = widgets.Stack(self._images, selected_index=start)
+        self.side_stack = (None if self._side_images is None else
+                           widgets.Stack(self._side_images, selected_index=start))
+        self.label_stack = widgets.Stack(self._labels, selected_index=start)
+        self._stacks = [s for s in (self.image_stack, self.side_stack, self.label_stack) if s is not None]
+        # The front end moves everything: Play drives the slider, the slider selects each stack's child.
+        self._links = [widgets.jslink((self.play, "value"), (self.slider, "value"))]
+        self._links += [widgets.jslink((self.slider, "value"), (s, "selected_index")) for s in self._stacks]
+        panels = [self.image_stack] if self.side_stack is None else [self.image_stack, self.side_stack]
+        children = [widgets.HBox([self.play, self.slider, self.label_stack],
+                                 layout=widgets.Layout(align_items="center")),
+                    widgets.HBox(panels, layout=widgets.Layout(align_items="flex-start"))]
         if title:
-            children.insert(0, widgets.HTML(value=f"<b>{_escape(title)}</b>"))
+            children.insert(0, widgets.HTML(value=f"<b style='font-size: 14px'>{_escape(title)}</b>"))
         self.widget = widgets.VBox(children)
+        self.widget.add_class(PLAYER_CLASS)
+        # Kernel side (while there is one): keep the stored selection in step with the slider.
         self.slider.observe(self._on_step, names="value")
 
     # ------------------------------------------------------------------ construction helpers
@@ -178,30 +221,49 @@ class ChainPlayer:
             raise err from e
 
     def _render(self, fn, frame, i: int, name: str) -> bytes:
-        return to_png(self._call(fn, frame, i, name), name=name)
+        png = to_png(self._call(fn, frame, i, name), name=name)
+        return palette_png(png) if self.palette else png
+
+    def _image(self, png: bytes):
+        """An Image widget showing ``png`` at its display size (pixel width / pixel_ratio)."""
+        import ipywidgets as widgets
+
+        w, _ = png_size(png)
+        return widgets.Image(value=png, format="png", width=str(max(1, round(w / self.pixel_ratio))))
 
     # ------------------------------------------------------------------ behaviour
     def _on_step(self, change) -> None:
-        self.show(change["new"], _from_slider=True)
+        i = int(change["new"])
+        for s in self._stacks:
+            if s.selected_index != i:
+                s.selected_index = i
 
-    def show(self, i: int, *, _from_slider: bool = False) -> None:
-        """Show frame ``i`` (moves the slider, which swaps image and label)."""
+    def show(self, i: int) -> None:
+        """Show frame ``i`` (negative counts from the end): moves the slider, which selects the frame."""
         n = len(self.frames)
-        i = int(i) % n if -n <= int(i) < n else None
-        if i is None:
-            raise IndexError(f"frame index out of range for {n} frames")
-        if not _from_slider and self.slider.value != i:
-            self.slider.value = i  # fires _on_step
-            return
-        self.image.value = self.frames_png[i]
-        if self.side_image is not None:
-            self.side_image.value = self.side_png[i]
-        self.label.value = self.labels[i]
+        if not -n <= int(i) < n:
+            raise IndexError(f"frame index {i} out of range for {n} frames")
+        self.slider.value = int(i) % n
 
     @property
     def step(self) -> int:
         """The index of the frame shown."""
         return int(self.slider.value)
+
+    @property
+    def image(self):
+        """The ``Image`` widget of the frame shown (its ``value`` is ``frames_png[step]``)."""
+        return self._images[self.step]
+
+    @property
+    def side_image(self):
+        """The side panel's ``Image`` widget of the frame shown, or ``None`` without ``side``."""
+        return None if self._side_images is None else self._side_images[self.step]
+
+    @property
+    def label(self):
+        """The ``Label`` widget of the frame shown (its ``value`` is ``labels[step]``)."""
+        return self._labels[self.step]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -217,14 +279,16 @@ class ChainPlayer:
 
     def static_strip(self, k: int | None = None) -> bytes:
         """PNG bytes of ``k`` evenly spaced frames (side panels in a second row), captioned with
-        their labels: what non-interactive renderers show instead of the widget."""
+        their labels: what non-interactive renderers show instead of the widget. Drawn at
+        :attr:`pixel_ratio`; show it ``png_size(png)[0] / pixel_ratio`` pixels wide."""
         if k is None and self._strip is not None:
             return self._strip
         idx = self.strip_indices(k)
         rows = [[self.frames_png[i] for i in idx]]
         if self.side_png is not None:
             rows.append([self.side_png[i] for i in idx])
-        png = png_strip(rows, [self.labels[i] for i in idx], title=self.title)
+        with pixel_ratio_context(self.pixel_ratio):
+            png = png_strip(rows, [self.labels[i] for i in idx], title=self.title)
         if k is None:
             self._strip = png
         return png
@@ -234,13 +298,146 @@ class ChainPlayer:
         return f"ChainPlayer(n_frames={len(self.frames)}{t}, side={self.side_png is not None})"
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
-        data = dict(self.widget._repr_mimebundle_(**kwargs))
-        data["image/png"] = base64.b64encode(self.static_strip()).decode("ascii")
-        data["text/plain"] = repr(self)
-        return data
+        return _bundle(self.widget, self.static_strip(), self.pixel_ratio, repr(self), **kwargs)
 
     def _repr_png_(self) -> bytes:
         return self.static_strip()
+
+
+def _bundle(widget, strip: bytes, ratio: int, text: str, **kwargs):
+    """The display bundle of a player: its widget view, the static strip (shown at display size
+    where no widget manager exists) and a text repr."""
+    data = dict(widget._repr_mimebundle_(**kwargs))
+    data["image/png"] = base64.b64encode(strip).decode("ascii")
+    data["text/plain"] = text
+    w, h = png_size(strip)
+    meta = {"image/png": {"width": max(1, round(w / ratio)), "height": max(1, round(h / ratio))}}
+    return data, meta
+
+
+class ParameterPlayer:
+    """A chain player with one control per parameter beside it, for where a parameter is the lesson.
+
+    Every combination of the parameter values is built once by ``build(**values)`` (a
+    :class:`ChainPlayer`); the controls (``ToggleButtons``) select among them in the front end
+    (nested ``Stack`` widgets tied to the controls by ``jslink``), so switching, like playing, needs
+    no kernel. The cost is one set of frames per combination: keep the grids small.
+
+    Parameters
+    ----------
+    build : callable ``(**values) -> ChainPlayer``
+    params : mapping ``name -> sequence of values`` (at least one name, each with >= 1 value)
+    value : mapping ``name -> value``, optional
+        The combination shown first (default: the first value of each parameter).
+    title : str, optional
+        A heading above the controls.
+    format : callable ``(name, value) -> str``, optional
+        The text of each option (default ``str(value)``).
+
+    Attributes: :attr:`players` (``{tuple of values: ChainPlayer}``, in ``itertools.product``
+    order), :attr:`controls` (``{name: ToggleButtons}``), :attr:`widget`, :attr:`player` (the one
+    shown) and :meth:`select`.
+    """
+
+    def __init__(self, build: Callable[..., ChainPlayer], params: Mapping[str, Sequence], *,
+                 value: Mapping[str, Any] | None = None, title: str | None = None,
+                 format: Callable[[str, Any], str] | None = None):
+        import ipywidgets as widgets
+
+        if not callable(build):
+            raise ValueError(f"build must be callable (**values -> ChainPlayer), got {type(build).__name__}")
+        if not isinstance(params, Mapping) or not params:
+            raise ValueError("params must be a non-empty mapping name -> sequence of values")
+        self.params: dict[str, list] = {}
+        for name, vals in params.items():
+            if isinstance(vals, (str, bytes)) or not isinstance(vals, Iterable):
+                raise ValueError(f"params[{name!r}] must be a sequence of values, got {type(vals).__name__}")
+            vals = list(vals)
+            if not vals:
+                raise ValueError(f"params[{name!r}] is empty: give at least one value")
+            self.params[name] = vals
+        names = list(self.params)
+        value = dict(value or {})
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"value names unknown parameters {sorted(unknown)}; expected some of {names}")
+        start = []
+        for name in names:
+            v = value.get(name, self.params[name][0])
+            if v not in self.params[name]:
+                raise ValueError(f"value[{name!r}] = {v!r} is not one of {self.params[name]}")
+            start.append(self.params[name].index(v))
+        fmt = format or (lambda name, v: str(v))
+        self.title = title
+
+        self.players: dict[tuple, ChainPlayer] = {}
+        for combo in itertools.product(*self.params.values()):
+            p = build(**dict(zip(names, combo)))
+            if not isinstance(p, ChainPlayer):
+                raise TypeError(f"build must return a ChainPlayer, got {type(p).__name__} for {dict(zip(names, combo))}")
+            self.players[combo] = p
+
+        self.controls = {
+            name: widgets.ToggleButtons(options=[(fmt(name, v), k) for k, v in enumerate(vals)], index=start[j],
+                                        description=name, style={"button_width": "auto"})
+            for j, (name, vals) in enumerate(self.params.items())}
+        # Nested stacks: level j selects the value of parameter j; every stack of level j follows control j.
+        self._levels: list[list] = [[] for _ in names]
+        self._links = []
+
+        def nest(j: int, prefix: tuple):
+            if j == len(names):
+                return self.players[prefix].widget
+            kids = [nest(j + 1, prefix + (v,)) for v in self.params[names[j]]]
+            stack = widgets.Stack(kids, selected_index=start[j])
+            self._levels[j].append(stack)
+            self._links.append(widgets.jslink((self.controls[names[j]], "index"), (stack, "selected_index")))
+            return stack
+
+        body = nest(0, ())
+        children = [widgets.VBox(list(self.controls.values())), body]
+        if title:
+            children.insert(0, widgets.HTML(value=f"<b style='font-size: 14px'>{_escape(title)}</b>"))
+        self.widget = widgets.VBox(children)
+        self.widget.add_class(PARAMETER_PLAYER_CLASS)
+        for j, name in enumerate(names):
+            self.controls[name].observe(lambda ch, j=j: self._on_control(j, ch["new"]), names="index")
+
+    def _on_control(self, j: int, k) -> None:
+        for s in self._levels[j]:
+            if k is not None and s.selected_index != k:
+                s.selected_index = k
+
+    def select(self, **values) -> ChainPlayer:
+        """Switch the controls to ``values`` (names of parameters); return the player now shown."""
+        for name, v in values.items():
+            if name not in self.params:
+                raise ValueError(f"unknown parameter {name!r}; expected one of {list(self.params)}")
+            if v not in self.params[name]:
+                raise ValueError(f"{name} = {v!r} is not one of {self.params[name]}")
+            self.controls[name].index = self.params[name].index(v)
+        return self.player
+
+    @property
+    def value(self) -> dict[str, Any]:
+        """The parameter values selected now."""
+        return {name: self.params[name][self.controls[name].index] for name in self.params}
+
+    @property
+    def player(self) -> ChainPlayer:
+        """The :class:`ChainPlayer` of the selected values."""
+        return self.players[tuple(self.value.values())]
+
+    def __len__(self) -> int:
+        return len(self.players)
+
+    def __repr__(self) -> str:
+        grid = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"ParameterPlayer({grid}; {len(self.players)} players)"
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        p = self.player
+        return _bundle(self.widget, p.static_strip(), p.pixel_ratio, repr(self), **kwargs)
 
 
 def _escape(s: str) -> str:

@@ -1,12 +1,15 @@
 """The course as users meet it: JupyterLab in a real browser (Debian's Chromium via playwright-python).
 
-For each step-through notebook: start JupyterLab on 127.0.0.1 with a token (tests/browser_helpers.py),
-open the notebook, run all cells in fast mode, check no cell shows an error, then drive the first
-chain player: move its slider with the keyboard and press Play, asserting that the step label and the
-displayed image (its PNG bytes) change. A screenshot of each notebook is kept in
-``test-output/browser/<notebook>.png`` at the repository root (gitignored; the path is printed).
+Every notebook with a step-through player (a code cell calling ``ChainPlayer(`` or
+``ParameterPlayer(``; found automatically, so new chapters are covered) is opened in JupyterLab on
+127.0.0.1 (tests/browser_helpers.py), run top to bottom in fast mode, and checked for errors. Then
+every player shown is driven: the slider (keyboard) moves the frame and the step label, and Play
+advances them on its own. The kernel is then shut down and every player is driven again: the
+frames, the slider, Play and the parameter buttons live in the front end. A screenshot of each
+notebook's first player lands in ``test-output/browser/<notebook>.png`` (gitignored; the path is
+printed).
 
-Waits are on states (server status, kernel idle, cells executed, label text), never fixed sleeps.
+Waits are on states (server status, kernel idle, cells executed, frames shown), never fixed sleeps.
 The server and the browser are stopped by fixtures, also when a test fails.
 
 Without /usr/bin/chromium (``apt-get install -y chromium``) the test is skipped with that reason on a
@@ -15,8 +18,10 @@ developer machine, and fails in CI (``CI=true``), where the browser must be inst
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, start_lab, stop_lab
@@ -24,8 +29,21 @@ from browser_helpers import CHROMIUM, CHROMIUM_ARGS, start_lab, stop_lab
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 SCREENSHOT_DIR = REPO / "test-output" / "browser"
-# The notebooks with a chain player, in course order.
-STEP_THROUGH_NOTEBOOKS = ["03_forward_process.ipynb", "04_ddpm.ipynb"]
+PLAYER_CALL = re.compile(r"\b(ChainPlayer|ParameterPlayer)\(")
+
+
+def player_notebooks(folder: Path = NOTEBOOK_DIR) -> list[str]:
+    """The course notebooks (``NN_*.ipynb``, in course order) with a code cell that builds a player."""
+    out = []
+    for path in sorted(folder.glob("[0-9][0-9]*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        if any(c.cell_type == "code" and PLAYER_CALL.search(c.source) for c in nb.cells):
+            out.append(path.name)
+    return out
+
+
+# The notebooks with a step-through player, in course order.
+STEP_THROUGH_NOTEBOOKS = player_notebooks()
 
 RUN_ALL_TIMEOUT_MS = 300_000   # fast mode: each notebook runs well under this on 2 shared cores
 UI_TIMEOUT_MS = 60_000
@@ -151,36 +169,86 @@ ERRORS = """() => {
   return errs;
 }"""
 
-IMAGE_DIGEST = """async (img) => {
-  const buf = await (await fetch(img.src)).arrayBuffer();
-  const d = await crypto.subtle.digest('SHA-256', buf);
-  return Array.from(new Uint8Array(d)).map(b => b.toString(16).padStart(2, '0')).join('')
-         + ':' + buf.byteLength;
+SHUTDOWN = """async () => {
+  const w = window.jupyterapp.shell.currentWidget;
+  await w.sessionContext.shutdown();
+  return true;
 }"""
 
-# The first chain player: the nearest widget box around the first Play button holding an image.
-PLAYER_XPATH = ("xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' widget-box ')]"
-                "[.//img][1]")
-# The player's step label: its Label (not the slider's description) and its title.
-LABEL_TEXT = """(el) => Array.from(el.querySelectorAll('.widget-label, .widget-html-content'))
-    .filter(e => !e.closest('.widget-slider'))
-    .map(e => e.textContent.trim()).filter(s => s).join(' | ')"""
-# textContent, not innerText: JupyterLab skips rendering off-screen cells (content-visibility), and
-# innerText of an unrendered element is empty.
+NO_KERNEL = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  return !w.sessionContext.session || !w.sessionContext.session.kernel;
+}"""
+
+# What a player shows now: the visible images (blob URLs: one per Image widget, so one per frame)
+# and the visible step label. Hidden Stack children have no offsetParent.
+SHOWN = """(el) => {
+  const vis = (e) => e.offsetParent !== null;
+  const imgs = Array.from(el.querySelectorAll('img')).filter(vis).map((i) => i.src);
+  const labels = Array.from(el.querySelectorAll('.widget-label'))
+    .filter((e) => !e.closest('.widget-slider') && vis(e)).map((e) => e.textContent.trim());
+  return JSON.stringify({imgs, labels});
+}"""
+
+PLAYERS = ".jp-NotebookPanel .minidiff-chain-player"
 
 
-def _label_text(player) -> str:
-    return player.evaluate(LABEL_TEXT)
+def _shown(player) -> dict:
+    import json
+
+    return json.loads(player.evaluate(SHOWN))
 
 
-def _wait_label_change(page, player, old: str) -> str:
-    page.wait_for_function(f"([el, old]) => ({LABEL_TEXT})(el) !== old", arg=[player.element_handle(), old])
-    return _label_text(player)
+def _wait_change(page, player, old: dict) -> dict:
+    import json
+
+    page.wait_for_function(f"([el, old]) => ({SHOWN})(el) !== old", arg=[player.element_handle(), json.dumps(old)])
+    return _shown(player)
+
+
+def drive_player(page, player, where: str) -> str:
+    """Slider one step right (keyboard), then Play: both must change the frame and the label."""
+    player.scroll_into_view_if_needed()
+    s0 = _shown(player)
+    assert s0["imgs"] and s0["labels"], f"{where}: the player shows no frame or no step label: {s0}"
+    handle = player.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    at_end = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+    page.keyboard.press("ArrowLeft" if at_end else "ArrowRight")
+    s1 = _wait_change(page, player, s0)
+    assert s1["imgs"] != s0["imgs"] and s1["labels"] != s0["labels"], f"{where}: slider: {s0} -> {s1}"
+    player.locator(".widget-play button").first.click()
+    s2 = _wait_change(page, player, s1)
+    assert s2["imgs"] != s1["imgs"], f"{where}: Play did not advance the frame"
+    player.locator(".widget-play button").nth(1).click()   # stop
+    return f"{s0['labels'][0]!r} -> {s1['labels'][0]!r} (slider) -> {s2['labels'][0]!r} (play)"
+
+
+def visible_players(page):
+    loc = page.locator(PLAYERS)
+    return [loc.nth(i) for i in range(loc.count()) if loc.nth(i).evaluate("(el) => el.offsetParent !== null")]
+
+
+def switch_parameters(page, where: str) -> int:
+    """Click a different option of every parameter player's first control: the player shown changes."""
+    pps = page.locator(".jp-NotebookPanel .minidiff-parameter-player")
+    for i in range(pps.count()):
+        pp = pps.nth(i)
+        pp.scroll_into_view_if_needed()
+        before = [p.evaluate(SHOWN) for p in visible_players(page) if p.evaluate("(a, b) => b.contains(a)", pp.element_handle())]
+        buttons = pp.locator(".widget-toggle-buttons").first.locator("button")
+        target = next(j for j in range(buttons.count()) if "mod-active" not in (buttons.nth(j).get_attribute("class") or ""))
+        buttons.nth(target).click()
+        page.wait_for_function(
+            """([pp, before, shown]) => { const v = Array.from(pp.querySelectorAll('.minidiff-chain-player'))
+                 .filter((e) => e.offsetParent !== null); return v.length === 1 && !before.includes(eval(shown)(v[0])); }""",
+            arg=[pp.element_handle(), before, SHOWN])
+    return pps.count()
 
 
 # ----------------------------------------------------------------------------------- the test
 @pytest.mark.parametrize("notebook", _params())
-def test_notebook_runs_and_chain_player_steps(lab, page, notebook):
+def test_notebook_runs_and_every_player_plays_without_the_kernel(lab, page, notebook):
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOT_DIR / f"{Path(notebook).stem}.png"
     print(f"\nbrowser test: screenshot of {notebook} -> {shot}")
@@ -194,42 +262,29 @@ def test_notebook_runs_and_chain_player_steps(lab, page, notebook):
         errors = page.evaluate(ERRORS)
         assert not errors, f"{notebook}: cells show errors:\n" + "\n".join(errors)
 
-        play = page.locator(".jp-NotebookPanel .widget-play").first
-        play.wait_for(state="attached")
-        player = play.locator(PLAYER_XPATH)
-        player.scroll_into_view_if_needed()
-        img = player.locator("img").first
-        img.wait_for(state="visible")
+        page.locator(PLAYERS).first.wait_for(state="attached")
+        players = visible_players(page)
+        assert players, f"{notebook}: no chain player is shown"
+        for k, player in enumerate(players):
+            print(f"browser test: {notebook} player {k}: {drive_player(page, player, f'{notebook} player {k}')}")
 
-        label0, image0 = _label_text(player), img.evaluate(IMAGE_DIGEST)
-        assert label0, f"{notebook}: the chain player shows no step label"
-
-        # Move the slider one step with the keyboard.
-        player.locator(".widget-slider .noUi-handle").first.focus()
-        page.keyboard.press("ArrowRight")
-        label1 = _wait_label_change(page, player, label0)
-        page.wait_for_function(
-            f"async (img) => ({IMAGE_DIGEST})(img).then(d => d !== {image0!r})", arg=img.element_handle())
-        image1 = img.evaluate(IMAGE_DIGEST)
-        assert label1 != label0 and image1 != image0
-
-        # Press Play: the label and the image advance on their own.
-        play.locator("button").first.click()
-        label2 = _wait_label_change(page, player, label1)
-        page.wait_for_function(
-            f"async (img) => ({IMAGE_DIGEST})(img).then(d => d !== {image1!r})", arg=img.element_handle())
-        assert label2 != label1
-        print(f"browser test: {notebook}: label {label0!r} -> {label1!r} (slider) -> {label2!r} (play)")
-
+        # The kernel gone, everything still moves: it all lives in the front end.
+        page.evaluate(SHUTDOWN)
+        page.wait_for_function(NO_KERNEL)
+        n_pp = switch_parameters(page, notebook)
+        players = visible_players(page)
+        for k, player in enumerate(players):
+            print(f"browser test: {notebook} player {k}, no kernel: "
+                  f"{drive_player(page, player, f'{notebook} player {k} (kernel shut down)')}")
+        print(f"browser test: {notebook}: {len(players)} players and {n_pp} parameter players work without the kernel")
         errors = page.evaluate(ERRORS)
         assert not errors, f"{notebook}: cells show errors after interaction:\n" + "\n".join(errors)
     except Exception:
         print(f"JupyterLab log tail:\n{lab.log_tail()}\nJS errors: {page.js_errors}")
         raise
     finally:
-        try:  # put the player at the top of the screenshot when there is one
-            page.locator(".jp-NotebookPanel .widget-play").first.locator(PLAYER_XPATH).evaluate(
-                "el => el.scrollIntoView({block: 'start'})", timeout=5_000)
+        try:  # put the first player at the top of the screenshot when there is one
+            page.locator(PLAYERS).first.evaluate("el => el.scrollIntoView({block: 'start'})", timeout=5_000)
         except Exception:
             pass
         page.screenshot(path=str(shot))

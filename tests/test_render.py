@@ -1,13 +1,17 @@
 """scripts/render_course.py: a tiny generated course rendered into tmp_path.
 
-Checks the index lists pages in course order with their first headings as titles, that widget views
-fall back to their static PNG, that links between notebooks are rewritten and checked (files and
-anchors), and that a broken internal link makes the script exit non-zero, naming the link.
+Checks the index lists pages in course order with their first headings as titles, that each page
+links its neighbours in course order, that widget views without saved state fall back to their
+static PNG while saved chain and parameter players become HTML players carrying every frame, that
+nothing is loaded from the network (local MathJax, no CDN script), that links between notebooks
+are rewritten and checked (files and anchors), and that a broken internal link makes the script
+exit non-zero, naming the link. The rendered site in a real browser, offline: tests/test_site_browser.py.
 """
 from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +39,31 @@ def _load_module():
 
 
 rc = _load_module()
+
+
+@pytest.fixture(autouse=True)
+def _mathjax_installed():
+    """The site needs MathJax from jupyter-server-mathjax (the test extra): skip here, fail in CI."""
+    try:
+        import jupyter_server_mathjax  # noqa: F401
+    except ImportError:
+        msg = "jupyter-server-mathjax is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+
+def player_outputs(players):
+    """Outputs and saved widget state of displayed players, as a kernel run with
+    ``store_widget_state=True`` would leave them (the state comes from ipywidgets.embed, no kernel)."""
+    from ipywidgets.embed import embed_data
+
+    d = embed_data(views=[p.widget for p in players])
+    outs = []
+    for p in players:
+        data, meta = p._repr_mimebundle_()
+        outs.append(new_output("display_data", data=data, metadata=meta))
+    return outs, d["manager_state"]
 
 
 def _write(path: Path, title: str, *, extra_md: str = "", widget: bool = False):
@@ -113,3 +142,93 @@ def test_good_course_exits_zero(course, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "3 pages" in proc.stdout and "all internal links resolve" in proc.stdout
+
+
+def _player_course(tmp_path):
+    import numpy as np
+
+    from minidiff.viz import digits_png
+    from minidiff.widgets import ChainPlayer, ParameterPlayer
+
+    frames = [np.full((8, 8), k / 4 - 0.5) for k in range(5)]
+    chain = ChainPlayer(frames, lambda f: digits_png(f, scale=2), side=lambda f: digits_png(-f, scale=2),
+                        labels=[f"t_index {k}" for k in range(5)], title="a <chain>", interval_ms=70)
+    params = ParameterPlayer(lambda a, n: ChainPlayer([np.full((8, 8), a * k / n) for k in range(n + 1)],
+                                                      lambda f: digits_png(f, scale=2)),
+                             {"a": [0.5, 1.0], "n": [2, 3]}, value={"n": 3})
+    outs, state = player_outputs([chain, params])
+    src = tmp_path / "nb"
+    src.mkdir()
+    cell = new_code_cell("players", execution_count=1)
+    cell.outputs = outs
+    nb = new_notebook(cells=[new_markdown_cell("# 01 — Players\n\nInline $x_t$."), cell])
+    nb.metadata["widgets"] = {rc.WIDGET_STATE_MIME: state}
+    nbformat.write(nb, src / "01_players.ipynb")
+    return src, chain, params
+
+
+def test_saved_players_become_html_players_with_every_frame(tmp_path):
+    src, chain, params = _player_course(tmp_path)
+    site = tmp_path / "site"
+    rc.render_course(src, site)
+    page = (site / "01_players.html").read_text(encoding="utf-8")
+    assert "widget-view+json" not in page and "widget-state+json" not in page
+    assert page.count('class="md-player"') == 1 + 4           # the chain player, one per combination
+    assert page.count('class="md-param-player"') == 1
+    # every frame of both panels, byte for byte, shown at its display size
+    for png in chain.frames_png + chain.side_png:
+        assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
+    assert page.count('width="20"') >= 10                    # (8 + 2) * 2 px displayed, drawn at 40
+    for label in chain.labels:
+        assert f">{label}</span>" in page
+    assert 'data-interval="70"' in page and "a &lt;chain&gt;" in page
+    # parameter player: one row of buttons per parameter, the stored choice marked
+    assert re.findall(r'<div class="md-control" data-level="(\d)"><span class="md-desc">(\w)', page) == [
+        ("0", "a"), ("1", "n")]
+    on = re.findall(r'<button[^>]*class="md-opt md-on"[^>]*>([^<]*)</button>', page)
+    assert on == ["0.5", "3"], on
+    for p in params.players.values():
+        assert base64.b64encode(p.frames_png[-1]).decode() in page
+    assert (site / rc.PLAYER_JS_NAME).read_text() == rc.PLAYER_JS
+
+
+def test_pages_load_nothing_from_the_network_and_link_in_course_order(course, tmp_path):
+    site = tmp_path / "site"
+    pages = rc.render_course(course, site)
+    for k, p in enumerate(pages):
+        text = (site / p.html_name).read_text(encoding="utf-8")
+        srcs = re.findall(r'<script[^>]*\bsrc="([^"]*)"', text) + re.findall(r'<link[^>]*\bhref="([^"]*)"', text)
+        assert srcs and all(not re.match(r"(https?:)?//", u) for u in srcs), srcs
+        assert f'src="{rc.MATHJAX_URL}"' in text and (site / "mathjax" / "MathJax.js").is_file()
+        prev = re.findall(r'class="md-prev" href="([^"]+)"', text)
+        nxt = re.findall(r'class="md-next" href="([^"]+)"', text)
+        assert prev == ([pages[k - 1].html_name] * 2 if k > 0 else [])
+        assert nxt == ([pages[k + 1].html_name] * 2 if k + 1 < len(pages) else [])
+    assert rc.check_links(site) == []
+
+
+def test_player_with_incomplete_state_falls_back_to_its_strip(tmp_path):
+    src, chain, _ = _player_course(tmp_path)
+    nb = nbformat.read(src / "01_players.ipynb", as_version=4)
+    st = nb.metadata["widgets"][rc.WIDGET_STATE_MIME]["state"]
+    del st[chain.image_stack.children[2].model_id]           # one frame missing from the saved state
+    nbformat.write(nb, src / "01_players.ipynb")
+    site = tmp_path / "site"
+    rc.render_course(src, site)
+    page = (site / "01_players.html").read_text(encoding="utf-8")
+    assert base64.b64encode(chain.static_strip()).decode() in page
+    assert page.count('class="md-player"') == 4              # the parameter player's still render
+
+
+def test_make_course_saves_widget_state_and_renders_the_site():
+    """The committed notebooks carry their players: `make course` runs scripts/run_course.py, which stores widget
+    state unless told not to, then renders the site."""
+    make = (REPO / "Makefile").read_text()
+    course = make.split("\ncourse:", 1)[1].split("\n\n", 1)[0]
+    assert "scripts/run_course.py execute" in course and "--no-widget-state" not in course and "site" in course
+    import inspect
+    spec = importlib.util.spec_from_file_location("run_course", REPO / "scripts" / "run_course.py")
+    run_course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_course)
+    assert "store_widget_state=not args.no_widget_state" in inspect.getsource(run_course.main)
+    assert "scripts/render_course.py notebooks site" in make.split("\nsite:", 1)[1].split("\n\n", 1)[0]
