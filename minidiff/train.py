@@ -364,7 +364,7 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
                 grp["lr"] = cur_lr
             loss = objective.loss(net, x0, time_draw.to(device), noise.to(device), y, schedule)
             if not bool(torch.isfinite(loss.detach())):  # stop before the update touches the weights
-                raise _c.NonFiniteError(f"training diverged: the loss of step {s + 1} is {float(loss)} "
+                raise _c.NonFiniteError(f"training diverged: the loss of step {s + 1} is {float(loss.detach())} "
                                         f"(lr {cur_lr:g}); check lr, the data and batch_size. The weights "
                                         f"are those after step {s} and nothing non-finite was saved")
             state.optimizer.zero_grad(set_to_none=True)
@@ -580,7 +580,7 @@ def _read_log(logf: Path, upto: int) -> list[str]:
             continue
         try:
             d = json.loads(ln)
-            step = d["step"] if isinstance(d, dict) else None
+            step = d.get("step") if isinstance(d, dict) else None
         except ValueError:
             step = None
         if not _c.is_int(step):
