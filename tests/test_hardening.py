@@ -366,3 +366,153 @@ def test_item16_linear_keeps_the_beta_sum_and_approaches_the_T1000_alpha_bar():
         prev = ab
     assert Schedule.linear(50).alpha_bar[-1] < ref.alpha_bar[-1] < Schedule.linear(4000).alpha_bar[-1]
     assert Schedule.linear(10).betas.sum() < 10.05  # the cap binds below T = 21
+
+
+# ------------------------------------------------------------------ item 12: samplers stop at the first NaN
+def _zero_eps(x, t_index):
+    return torch.zeros_like(x)
+
+
+def _nan_at(t_bad):
+    def model(x, t_index):
+        out = torch.zeros_like(x)
+        if int(t_index[0]) == t_bad:
+            out[0, 0] = float("nan")
+        return out
+    return model
+
+
+def test_item12_a_model_returning_nan_is_named_with_its_step():
+    from minidiff.samplers import ddim, ddpm
+    from minidiff.solvers import dpm_solver_2m
+
+    s = Schedule.linear(20)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match=r"the model output at step 4 "):
+        list(ddpm(_nan_at(15), x, s, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(NonFiniteError, match=r"the model output at step 0 "):
+        list(ddim(_nan_at(19), x, s, n_steps=5))
+    with pytest.raises(NonFiniteError, match=r"the model output at step 0 "):
+        list(dpm_solver_2m(_nan_at(19), x, s, n_steps=5))
+
+
+def test_item12_nan_x_T_is_refused_at_the_call():
+    from minidiff.samplers import ddim, euler_maruyama, langevin
+    from minidiff.sde import VPSDE
+
+    x = torch.randn(3, 2)
+    x[1, 1] = float("inf")
+    with pytest.raises(NonFiniteError, match="x_T holds 1 non-finite"):
+        ddim(_zero_eps, x, Schedule.linear(10), n_steps=2)
+    with pytest.raises(NonFiniteError, match="x_T"):
+        euler_maruyama(lambda x, t: -x, x, VPSDE(), 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteError, match="x_init"):
+        langevin(lambda x: -x, x, step_size=0.1, n_steps=2, generator=torch.Generator().manual_seed(0))
+
+
+def test_item12_bad_parameters_are_refused_or_named():
+    from minidiff.samplers import ddim, langevin
+
+    x = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="eta must be finite"):
+        ddim(_zero_eps, x, Schedule.linear(10), n_steps=2, eta=float("inf"))
+    with pytest.raises(ValueError, match="eta must be finite, got nan"):
+        ddim(_zero_eps, x, Schedule.linear(10), n_steps=2, eta=float("nan"))
+    # finite inputs whose update overflows: the state after the update is named, with the step size
+    huge = lambda x: torch.full_like(x, 1e308)  # noqa: E731
+    with pytest.raises(NonFiniteError, match=r"state after the update at step 0 .*step_size=10"):
+        list(langevin(huge, x.double(), step_size=10.0, n_steps=3, generator=torch.Generator().manual_seed(0)))
+
+
+def test_item12_the_check_is_a_reusable_helper():
+    from minidiff._checks import check_finite_state
+
+    check_finite_state(torch.ones(3), "x")
+    with pytest.raises(NonFiniteError, match="velocity at step 7 holds 2 non-finite.*lr=1"):
+        check_finite_state(torch.tensor([1.0, float("nan"), float("-inf")]), "velocity", 7, "lr=1")
+    assert issubclass(NonFiniteError, FloatingPointError)
+
+
+# ------------------------------------------------------------------ item 17: NaN fails every range check
+def test_item17_nan_is_refused_by_the_coordinate_conversions():
+    s = Schedule.linear(100)
+    for fn, name in ((s.t_to_t_index, "t must lie"), (s.alpha_bar_to_t_index, "alpha_bar must lie"),
+                     (s.sigma_to_t_index, "sigma must be")):
+        with pytest.raises(ValueError, match=name):
+            fn(float("nan"))
+        with pytest.raises(ValueError, match=name):
+            fn(np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="sigma must be"):
+        s.sigma_to_t_index(float("inf"))
+    assert s.t_to_t_index(1.0) == 99 and s.alpha_bar_to_t_index(s.alpha_bar[7]) == 7
+
+
+def test_item17_gaussian_mixture_refuses_nan_weights_and_means():
+    from minidiff.data import GaussianMixture
+
+    with pytest.raises(ValueError, match="weights must be positive"):
+        GaussianMixture.isotropic(torch.zeros(2, 2), 1.0, weights=[float("nan"), 1.0])
+    with pytest.raises(ValueError, match="weights must be positive"):
+        GaussianMixture.isotropic(torch.zeros(2, 2), 1.0, weights=[float("nan"), float("nan")])
+    with pytest.raises(ValueError, match="finite"):
+        GaussianMixture.isotropic(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 1.0)
+
+
+# ------------------------------------------------------------------ item 18: bools and floats are not integers
+def test_item18_booleans_and_floats_are_not_integers():
+    from minidiff import forward, markov
+    from minidiff.unet import as_eps_model
+
+    s = Schedule.linear(10)
+    x = torch.randn(2, 2)
+    with pytest.raises(TypeError, match="t_index"):
+        forward.q_sample(x, True, torch.randn(2, 2), s)
+    with pytest.raises(TypeError, match="noise"):
+        forward.q_sample(x, 3, True, s)
+    with pytest.raises(TypeError, match="T must be an integer"):
+        Schedule.linear(T=True)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        markov.n_step(np.eye(2), 2.7)
+    with pytest.raises(TypeError, match="seed"):
+        markov.simulate_chain(np.eye(2), 3, seed=True)
+    model = build_model(MLPConfig(dim=2, hidden=8, depth=1, num_classes=3))
+    with pytest.raises(TypeError, match="y must hold integer class labels"):
+        as_eps_model(model, s, y=1.7)(x, torch.tensor([1, 1]))
+    with pytest.raises(TypeError, match="t_index must hold integers"):
+        model(x, torch.tensor([True, False]))
+
+
+# ------------------------------------------------------------------ item 19: negative values do not wrap
+def test_item19_negative_values_do_not_wrap():
+    from minidiff import markov
+
+    P = np.array([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="n must be an integer >= 0"):
+        markov.n_step(P, -1)
+    with pytest.raises(ValueError, match=r"x0 must be an integer in \[0, 1\]"):
+        markov.simulate_chain(P, 5, x0=-1)
+    with pytest.raises(ValueError, match=r"x0 must be"):
+        markov.simulate_chain(P, 5, x0=2)
+    s = Schedule.linear(10)
+    with pytest.raises(ValueError, match=r"t_index must be an integer in \[0, 9\]"):
+        markov.data_posterior(torch.zeros(3), -1, s, [-1.0, 1.0], [0.5, 0.5])
+    np.testing.assert_allclose(markov.n_step(P, 0), np.eye(2))
+
+
+# ------------------------------------------------------------------ item 22: messages that name the argument
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: Schedule.sigmoid(tau=0), ValueError, "tau must be a finite number > 0"),
+    (lambda: Schedule.cosine(s=-1), ValueError, "s must be a finite number >= 0"),
+    (lambda: Schedule.sigmoid(start=3.0, end=-3.0), ValueError, "start must be < end"),
+    (lambda: Schedule.from_betas(np.full(20000, 0.999)), ValueError, "alpha_bar underflows to 0"),
+    (lambda: __import__("minidiff.unet", fromlist=["x"]).UNetConfig(groups=0), ValueError, "groups"),
+    (lambda: __import__("minidiff.unet", fromlist=["x"]).UNetConfig(base_channels=2.5), TypeError,
+     "base_channels"),
+    (lambda: __import__("minidiff.sde", fromlist=["x"]).VPSDE().discretize(0.5, -0.1), ValueError,
+     "dt must be a finite number > 0"),
+    (lambda: __import__("minidiff.sde", fromlist=["x"]).VESDE().discretize(0.5, 0.0), ValueError, "dt"),
+    (lambda: Schedule.linear(10).check_t_index(10**20), IndexError, "too large"),
+])
+def test_item22_unclear_errors_now_name_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
