@@ -51,7 +51,9 @@ def check_index(v, name: str, size: int) -> int:
 
 def check_real(v, name: str) -> float:
     """A finite real number as ``float``; ``TypeError`` for booleans, strings and None."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+    ok = isinstance(v, (numbers.Real, np.floating, np.integer)) or (
+        hasattr(v, "__float__") and getattr(v, "ndim", 0) == 0 and not getattr(v, "is_complex", lambda: False)())
+    if isinstance(v, (bool, np.bool_)) or not ok:  # a 0-d tensor or array is a number; True is not
         raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
     v = float(v)
     if not math.isfinite(v):
