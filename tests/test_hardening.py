@@ -516,3 +516,13 @@ def test_item19_negative_values_do_not_wrap():
 def test_item22_unclear_errors_now_name_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_item18_walkers_take_integer_counts():
+    from minidiff import physics
+
+    for kw, match in (({"n_steps": 2.7}, "n_steps"), ({"n_walkers": True}, "n_walkers"), ({"seed": True}, "seed"),
+                      ({"every": 0}, "every")):
+        args = dict(n_walkers=4, D=1.0, dt=0.1, n_steps=3) | kw
+        with pytest.raises((TypeError, ValueError), match=match):
+            physics.simulate_walkers(**args)
