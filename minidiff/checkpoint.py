@@ -107,11 +107,15 @@ class lock_folder:
         return False
 
 
-def remove_stale_temps(folder) -> list[str]:
-    """Delete the temporary files ``.<name>.*.tmp`` that :func:`atomic_write_bytes` leaves behind when
-    a process is killed mid-write (call it while holding :class:`lock_folder`). Returns their names."""
+def remove_stale_temps(folder, owned=None) -> list[str]:
+    """Delete the temporary files ``.<name>.<random>.tmp`` that :func:`atomic_write_bytes` leaves
+    behind when a process is killed mid-write (call it while holding :class:`lock_folder`); with
+    ``owned`` (a predicate on ``<name>``) only those of files the caller writes. Returns their names."""
     removed = []
     for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        target = p.name[1:-len(TMP_SUFFIX)].rpartition(".")[0]
+        if owned is not None and not owned(target):
+            continue
         if p.is_file() and not p.is_symlink():
             p.unlink()
             removed.append(p.name)

@@ -615,7 +615,7 @@ def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with ckpt.lock_folder(out, "another training run"):
-            ckpt.remove_stale_temps(out)
+            ckpt.remove_stale_temps(out, owned=_is_run_file)
             resume = _prepare_out(out, preset, resume, overwrite)
             yield from _run(preset, out, resume, progress, device, save_ema_every, world, rank)
     else:

@@ -162,8 +162,9 @@ def test_item6_stale_temporary_files_are_removed(tmp_path):
     for name in (".last.safetensors.abc123.tmp", ".ema.safetensors.x.tmp"):
         (out / name).write_bytes(b"\0" * 1000)  # what a kill -9 during a save leaves
     (out / "keep.tmp").write_text("not ours")
+    (out / ".notes.txt.abc.tmp").write_text("not ours either")
     _drain(run(TINY, out=out, progress=False, overwrite=True))
-    assert not list(out.glob(".*.tmp")) and (out / "keep.tmp").exists()
+    assert sorted(p.name for p in out.glob(".*.tmp")) == [".notes.txt.abc.tmp"] and (out / "keep.tmp").exists()
 
 
 # ------------------------------------------------------------------ item 9: pretrained_info names
