@@ -178,10 +178,12 @@ class Preset:
     def from_dict(cls, d: dict, what: str = "preset") -> "Preset":
         """Inverse of :meth:`to_dict`: every field required and type-checked, none defaulted;
         ``ValueError`` naming ``what`` (e.g. the file) and the key."""
-        kw = _c.fields_from_dict(cls, d, what, skip=("model", "schedule", "name", "data"))
+        kw = _c.fields_from_dict(cls, d, what, skip=("model", "schedule", "name", "data", "grad_clip"))
         for name in ("name", "data"):
             if not isinstance(kw[name], str):
                 raise ValueError(f"{what}: field {name!r} must be of type str, got {kw[name]!r}")
+        if kw["grad_clip"] is not None:  # null: no clipping
+            kw["grad_clip"] = _c._typed(kw["grad_clip"], 1.0, f"{what}: field 'grad_clip'")
         kw["model"] = config_from_dict(kw["model"], f"{what}: model")
         kw["schedule"] = ScheduleSpec.from_dict(kw["schedule"], f"{what}: schedule")
         try:

@@ -527,3 +527,12 @@ def test_item18_walkers_take_integer_counts():
         args = dict(n_walkers=4, D=1.0, dt=0.1, n_steps=3) | kw
         with pytest.raises((TypeError, ValueError), match=match):
             physics.simulate_walkers(**args)
+
+
+def test_item13_presets_roundtrip_strictly_including_no_grad_clip():
+    for p in list(PRESETS.values()) + [dataclasses.replace(TINY, grad_clip=None)]:
+        assert Preset.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    d = TINY.to_dict()
+    d["grad_clip"] = "1"
+    with pytest.raises(ValueError, match="grad_clip"):
+        Preset.from_dict(d)
