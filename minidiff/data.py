@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import _checks as _c
+
 __all__ = [
     "GaussianMixture", "load_digits", "digits_split", "make_2d", "TOYS_2D",
     "to_unit_interval", "from_unit_interval", "standardize", "augment_shift",
@@ -44,8 +46,10 @@ class GaussianMixture:
         K, d = m.shape
         if c.shape != (K, d, d):
             raise ValueError(f"covs must be (K, d, d) = {(K, d, d)}, got {tuple(c.shape)}")
-        if torch.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-6:
+        if not (bool(torch.all(w > 0)) and abs(float(w.sum()) - 1.0) <= 1e-6):  # NaN fails too
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(c).all())):
+            raise ValueError("means and covs must be finite (no NaN or inf)")
         w = w / w.sum()  # exact normalisation in float64 (weights given in float32 sum to 1 only to ~1e-7)
         if not torch.allclose(c, c.transpose(-1, -2)):
             raise ValueError("covs must be symmetric")
@@ -147,6 +151,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples, ``(n, d)`` float64."""
+        n = _c.check_count(n, "n", low=0)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         return self.means[k] + (self._chol[k] @ z[..., None])[..., 0]
@@ -283,8 +288,8 @@ def make_2d(name: str, n: int, *, noise: float = 0.03, generator: torch.Generato
     ``[-2, 2]^2``, plus isotropic Gaussian jitter of std ``noise``."""
     if name not in TOYS_2D:
         raise ValueError(f"name must be one of {sorted(TOYS_2D)}, got {name!r}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    n = _c.check_count(n, "n", low=0)
+    noise = _c.check_nonnegative(noise, "noise")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     x = TOYS_2D[name](n, g)
     x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)

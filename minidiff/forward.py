@@ -55,7 +55,11 @@ def q_sample(x0, t_index, noise, schedule: Schedule, *, backend: str | None = No
 
     check_batch(x0, "x0")
     t = _t_index_tensor(t_index, x0.shape[0], schedule)
-    if isinstance(noise, torch.Tensor):
+    if not isinstance(noise, torch.Tensor):
+        from ._checks import check_count
+
+        check_count(noise, "noise (a tensor shaped like x0, or an int seed)", low=0)  # True is no seed
+    else:
         if noise.shape != x0.shape:
             raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
         if noise.dtype != x0.dtype:

@@ -28,6 +28,8 @@ import math
 import numpy as np
 import torch
 
+from . import _checks as _c
+
 from .forward import q_posterior
 from .schedule import Schedule
 
@@ -54,15 +56,16 @@ def check_stochastic(P, atol: float = 1e-10) -> np.ndarray:
 
 def n_step(P, n: int) -> np.ndarray:
     """``P^n``: the n-step transition matrix (Chapman-Kolmogorov: ``P^(m+n) = P^m P^n``)."""
-    return np.linalg.matrix_power(check_stochastic(P), int(n))
+    return np.linalg.matrix_power(check_stochastic(P), _c.check_count(n, "n", low=0))  # n < 0 is no inverse
 
 
 def evolve(p0, P, n: int) -> np.ndarray:
     """Distributions ``p_0, p_0 P, ..., p_0 P^n`` as an ``(n + 1, S)`` array."""
     P = check_stochastic(P)
     p = np.asarray(p0, dtype=np.float64)
+    n = _c.check_count(n, "n", low=0)
     out = [p]
-    for _ in range(int(n)):
+    for _ in range(n):
         p = p @ P
         out.append(p)
     return np.stack(out)
@@ -95,6 +98,9 @@ def stationary_power(P, p0=None, *, tol: float = 1e-12, max_iter: int = 100_000)
 def simulate_chain(P, n_steps: int, x0: int = 0, *, seed: int = 0) -> np.ndarray:
     """One trajectory ``x_0, ..., x_{n_steps}`` (int64) by inverse-CDF sampling of each row."""
     P = check_stochastic(P)
+    n_steps = _c.check_count(n_steps, "n_steps", low=0)
+    x0 = _c.check_index(x0, "x0", P.shape[0])  # a state in [0, S): -1 does not wrap to the last state
+    seed = _c.check_count(seed, "seed", low=0)
     cdf = [list(np.cumsum(row)) for row in P]
     for row in cdf:
         row[-1] = 1.0 + 1e-12
@@ -205,7 +211,7 @@ def _check_support(support, weights):
     w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
     if s.numel() != w.numel() or s.numel() == 0:
         raise ValueError("support and weights must be non-empty and of equal length")
-    if torch.any(w < 0) or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
+    if not (bool(torch.all(w >= 0)) and math.isclose(float(w.sum()), 1.0, abs_tol=1e-9)):  # NaN fails too
         raise ValueError("weights must be non-negative and sum to 1")
     return s, w
 
@@ -223,7 +229,7 @@ def data_posterior(x_t, t_index: int, schedule: Schedule, support, weights) -> t
     """``p(x_0 = s_k | x_t)`` for 1-D data with finitely many values ``s_k`` (weights ``w_k``):
     a softmax of ``log w_k - (x_t - sqrt(ab) s_k)^2 / (2 (1 - ab))``. ``x_t``: ``(N,)`` -> ``(N, K)``."""
     s, w = _check_support(support, weights)
-    ab = float(schedule.alpha_bar[t_index])
+    ab = float(schedule.alpha_bar[_c.check_index(t_index, "t_index", schedule.T)])
     x = torch.as_tensor(x_t, dtype=torch.float64).reshape(-1, 1)
     logits = torch.log(w) - (x - math.sqrt(ab) * s) ** 2 / (2 * (1 - ab))
     return torch.softmax(logits, dim=1)
@@ -236,6 +242,7 @@ def exact_reverse_step(x_t, t_index: int, schedule: Schedule, support, weights, 
     :func:`minidiff.q_posterior` (Ho et al. 2020, eqs. 6-7). At ``t_index = 0`` returns the drawn ``x_0``.
     ``x_t``: ``(N,)`` float64."""
     s, _ = _check_support(support, weights)
+    t_index = _c.check_index(t_index, "t_index", schedule.T)
     x = torch.as_tensor(x_t, dtype=torch.float64).reshape(-1)
     post = data_posterior(x, t_index, schedule, support, weights)
     k = torch.multinomial(post, 1, generator=generator)[:, 0]

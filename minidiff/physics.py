@@ -187,8 +187,12 @@ def simulate_walkers(n_walkers: int, D: float, dt: float, n_steps: int, *, dim: 
     ``paths`` ``(S, n_walkers, dim)`` float64 at steps ``0, every, 2 every, ...``."""
     from . import backend as B
 
-    if n_walkers < 1 or dim < 1 or every < 1:
-        raise ValueError(f"n_walkers, dim and every must be >= 1, got {n_walkers}, {dim}, {every}")
+    from . import _checks as _c
+
+    n_walkers, dim, every = (_c.check_count(v, k) for v, k in ((n_walkers, "n_walkers"), (dim, "dim"),
+                                                               (every, "every")))
+    n_steps = _c.check_count(n_steps, "n_steps", low=0)  # 2.7 steps is not 2 steps
+    seed = _c.check_count(seed, "seed", low=0)
     x = np.empty((int(n_walkers), int(dim)), dtype=np.float64)
     x[...] = np.asarray(x0, dtype=np.float64)
     times, snaps = [0.0], [x.copy()]

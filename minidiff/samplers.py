@@ -20,6 +20,14 @@ Model signatures, one noise coordinate per name:
 
 A record's noise coordinate (``t_index``, ``t`` or ``sigma``) is the level the update started from,
 where the model was evaluated and ``x0`` estimated; ``x`` is the state after the update.
+
+Non-finite values: nothing turns into NaN silently. ``x_T`` is checked when the sampler is called,
+every model / score output and every state after an update as the sampler runs (one
+``isfinite().all()`` reduction each, cheap next to a network evaluation); the first NaN or inf raises
+:class:`minidiff._checks.NonFiniteError` naming the step index and what produced it (``x_T``, the model
+output, or the update with its parameters, e.g. ``eta``). The low-level updates in
+:mod:`minidiff.backend` do not check: they are plain IEEE arithmetic and pass NaN/inf through, so
+code calling them directly should use :func:`minidiff._checks.check_finite_state` the same way.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import _checks
 from . import backend as _backend
 from .forward import check_batch
 from .schedule import Schedule
@@ -106,27 +115,27 @@ def _check_x(x, name: str) -> torch.Tensor:
     check_batch(x, name)
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    _checks.check_finite_state(x, name)
+    return x
+
+
+def _checked(x: torch.Tensor, index: int, params: str = "") -> torch.Tensor:
+    """``x`` after the update of step ``index``, raising if it is no longer finite."""
+    _checks.check_finite_state(x, "the state after the update", index, params)
     return x
 
 
 def _check_count(n, name: str, high: int | None = None) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 1 or (high is not None and n > high):
-        limit = f"[1, {high}]" if high is not None else ">= 1"
-        raise ValueError(f"{name} must be an integer in {limit}, got {n}")
-    return int(n)
+    return _checks.check_count(n, name, 1, high)
 
 
 def _check_positive(v, name: str) -> float:
-    v = float(v)
-    if not v > 0 or not np.isfinite(v):
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
-    return v
+    return _checks.check_positive(v, name)
 
 
-def _evaluate(fn, name: str, x: torch.Tensor, *args) -> torch.Tensor:
-    """``fn(x, *args)``, checked to be a tensor shaped and typed like ``x``."""
+def _evaluate(fn, name: str, x: torch.Tensor, *args, index: int | None = None) -> torch.Tensor:
+    """``fn(x, *args)``, checked to be a finite tensor shaped and typed like ``x`` (``index``: the
+    sampler step, named in the error)."""
     out = fn(x, *args)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
@@ -135,6 +144,7 @@ def _evaluate(fn, name: str, x: torch.Tensor, *args) -> torch.Tensor:
                          f"(one output per sample, same batch size)")
     if out.dtype != x.dtype:
         raise TypeError(f"{name} returned dtype {out.dtype}; expected x's dtype {x.dtype}")
+    _checks.check_finite_state(out, f"the {name} output", index, "the input x was finite")
     return out
 
 
@@ -157,9 +167,10 @@ def ddpm(model, x_T, schedule: Schedule, *, generator: torch.Generator | None = 
 
 def _ddpm(model, x, schedule, src, clip_x0, backend):
     for i, t_index in enumerate(range(schedule.T - 1, -1, -1)):
-        eps = _evaluate(model, "model", x, _t_index_vector(t_index, x))  # (B, ...)
+        eps = _evaluate(model, "model", x, _t_index_vector(t_index, x), index=i)  # (B, ...)
         kw = src.kwargs(i) if t_index > 0 else {}
         x, x0 = _backend.ddpm_step(x, eps, t_index, schedule, clip_x0=clip_x0, backend=backend, **kw)
+        _checked(x, i, f"t_index={t_index}, clip_x0={clip_x0}")
         yield Step(index=i, x=x, x0=x0, t_index=t_index)
 
 
@@ -174,8 +185,7 @@ def ddim(model, x_T, schedule: Schedule, n_steps: int, *, eta: float = 0.0,
     last step (``n_steps - 1`` draws)."""
     x_T = _check_x(x_T, "x_T")
     n_steps = _check_count(n_steps, "n_steps", high=schedule.T)
-    if not float(eta) >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = _checks.check_nonnegative(eta, "eta")
     src = _noise_source(generator, noise, needed=eta > 0 and n_steps > 1)
     return _ddim(model, x_T, schedule, n_steps, float(eta), src, clip_x0, backend)
 
@@ -184,10 +194,11 @@ def _ddim(model, x, schedule, n_steps, eta, src, clip_x0, backend):
     t_indices = schedule.timesteps(n_steps)
     t_prev = np.append(t_indices[1:], -1)
     for i, (t_index, t_index_prev) in enumerate(zip(t_indices.tolist(), t_prev.tolist())):
-        eps = _evaluate(model, "model", x, _t_index_vector(t_index, x))  # (B, ...)
+        eps = _evaluate(model, "model", x, _t_index_vector(t_index, x), index=i)  # (B, ...)
         kw = src.kwargs(i) if eta > 0 and t_index_prev >= 0 else {}
         x, x0 = _backend.ddim_step(x, eps, t_index, t_index_prev, schedule, eta=eta, clip_x0=clip_x0,
                                    backend=backend, **kw)
+        _checked(x, i, f"eta={eta}, t_index={t_index}")
         yield Step(index=i, x=x, x0=x0, t_index=t_index)
 
 
@@ -206,8 +217,9 @@ def langevin(score_fn, x_init, *, step_size: float, n_steps: int, generator: tor
 
 def _langevin(score_fn, x, step_size, n_steps, src, backend):
     for i in range(n_steps):
-        score = _evaluate(score_fn, "score_fn", x)  # (B, ...)
-        x = _backend.langevin_step(x, score, step_size, backend=backend, **src.kwargs(i))
+        score = _evaluate(score_fn, "score_fn", x, index=i)  # (B, ...)
+        x = _checked(_backend.langevin_step(x, score, step_size, backend=backend, **src.kwargs(i)), i,
+                     f"step_size={step_size}")
         yield Step(index=i, x=x)
 
 
@@ -235,9 +247,10 @@ def _annealed_langevin(score_fn, x, sigmas, n_steps_each, step_size, src, backen
     for sigma in sigmas.tolist():
         alpha = step_size * sigma**2 / sigmas[-1] ** 2  # Alg. 1, line 3
         for _ in range(n_steps_each):
-            score = _evaluate(score_fn, "score_fn", x, sigma)  # (B, ...)
+            score = _evaluate(score_fn, "score_fn", x, sigma, index=k)  # (B, ...)
             x0 = tweedie_x0(x, score, std=sigma)
-            x = _backend.langevin_step(x, score, alpha, backend=backend, **src.kwargs(k))
+            x = _checked(_backend.langevin_step(x, score, alpha, backend=backend, **src.kwargs(k)), k,
+                         f"sigma={sigma}, step size {alpha}")
             yield Step(index=k, x=x, x0=x0, sigma=sigma)
             k += 1
 
@@ -265,10 +278,11 @@ def euler_maruyama(score_fn, x_T, sde, n_steps: int, *, generator: torch.Generat
 
 def _euler_maruyama(score_fn, x, sde, ts, src, backend):
     for i, (t, t_next) in enumerate(zip(ts[:-1].tolist(), ts[1:].tolist())):
-        score = _evaluate(score_fn, "score_fn", x, t)  # (B, ...)
+        score = _evaluate(score_fn, "score_fn", x, t, index=i)  # (B, ...)
         x0 = sde.x0_from_score(x, score, t)
         x = _backend.reverse_sde_step(x, score, drift_coef=sde.drift_coef(t), diffusion=sde.diffusion(t),
                                       dt=t - t_next, backend=backend, **src.kwargs(i))
+        _checked(x, i, f"t={t}")
         yield Step(index=i, x=x, x0=x0, t=t)
 
 
@@ -302,17 +316,18 @@ def _langevin_corrector_step_size(score, z, snr: float, alpha: float) -> float:
 def _predictor_corrector(score_fn, x, sde, ts, snr, n_corrector, src, backend):
     per_step = 1 + n_corrector
     for i, (t, t_next) in enumerate(zip(ts[:-1].tolist(), ts[1:].tolist())):
-        score = _evaluate(score_fn, "score_fn", x, t)  # (B, ...)
+        score = _evaluate(score_fn, "score_fn", x, t, index=i)  # (B, ...)
         x0 = sde.x0_from_score(x, score, t)
         F, G = sde.discretize(t, t - t_next)
-        x = _backend.reverse_sde_step(x, score, drift_coef=F, diffusion=G, dt=1.0, backend=backend,
-                                      **src.kwargs(i * per_step))
+        x = _checked(_backend.reverse_sde_step(x, score, drift_coef=F, diffusion=G, dt=1.0, backend=backend,
+                                               **src.kwargs(i * per_step)), i, f"predictor at t={t}")
         alpha = (1.0 + F) ** 2  # 1 - beta_i (VP), 1 (VE)
         for j in range(1, n_corrector + 1):
-            score = _evaluate(score_fn, "score_fn", x, t_next)
+            score = _evaluate(score_fn, "score_fn", x, t_next, index=i)
             z = src.tensor(i * per_step + j, x)
             step_size = _langevin_corrector_step_size(score, z, snr, alpha)
-            x = _backend.langevin_step(x, score, step_size, noise=z, backend=backend)
+            x = _checked(_backend.langevin_step(x, score, step_size, noise=z, backend=backend), i,
+                         f"corrector {j}, snr={snr}, step size {step_size}")
         yield Step(index=i, x=x, x0=x0, t=t)
 
 
@@ -339,15 +354,17 @@ def _pf_ode(score_fn, x, sde, ts, heun: bool, backend):
     n = len(ts) - 1
     for i, (t, t_next) in enumerate(zip(ts[:-1].tolist(), ts[1:].tolist())):
         coef = dict(drift_coef=sde.drift_coef(t), diffusion=sde.diffusion(t))
-        score = _evaluate(score_fn, "score_fn", x, t)  # (B, ...)
+        score = _evaluate(score_fn, "score_fn", x, t, index=i)  # (B, ...)
         x0 = sde.x0_from_score(x, score, t)
-        x_euler = _backend.pf_ode_euler_step(x, score, dt=t - t_next, backend=backend, **coef)
+        x_euler = _checked(_backend.pf_ode_euler_step(x, score, dt=t - t_next, backend=backend, **coef), i,
+                           f"Euler step at t={t}")
         if heun and i < n - 1:  # Karras et al. 2022, Alg. 1, lines 9-11
-            score_euler = _evaluate(score_fn, "score_fn", x_euler, t_next)
+            score_euler = _evaluate(score_fn, "score_fn", x_euler, t_next, index=i)
             x = _backend.pf_ode_heun_step(x, score, x_euler, score_euler, **coef,
                                           drift_coef_next=sde.drift_coef(t_next),
                                           diffusion_next=sde.diffusion(t_next), dt=t - t_next,
                                           backend=backend)
+            _checked(x, i, f"Heun correction at t={t}")
         else:
             x = x_euler
         yield Step(index=i, x=x, x0=x0, t=t)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _checks as _c
+
 __all__ = ["Schedule", "append_dims"]
 
 
@@ -57,8 +59,14 @@ class Schedule:
             raise ValueError(f"betas must lie in the open interval (0, 1); found {bad[:3].tolist()}")
         alphas = 1.0 - betas
         alpha_bar = np.cumprod(alphas)
+        if not alpha_bar[-1] > 0:
+            first = int(np.argmax(~(alpha_bar > 0)))
+            raise ValueError(f"alpha_bar underflows to 0 in float64 at t_index {first} of T={betas.size}: "
+                             f"the betas destroy the signal completely; use smaller betas or a smaller T")
         if np.any(np.diff(alpha_bar) >= 0):
-            raise ValueError("alpha_bar must be strictly decreasing (every beta > 0)")
+            first = int(np.argmax(np.diff(alpha_bar) >= 0)) + 1
+            raise ValueError(f"alpha_bar must be strictly decreasing, but alpha_bar[{first}] = "
+                             f"alpha_bar[{first - 1}] in float64 (beta {betas[first]:.3g} is below its resolution)")
         object.__setattr__(self, "betas", _readonly(betas))
         object.__setattr__(self, "alphas", _readonly(alphas))
         object.__setattr__(self, "alpha_bar", _readonly(alpha_bar))
@@ -78,9 +86,18 @@ class Schedule:
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
-        """Linear betas (Ho et al. 2020, Sec. 4), rescaled so any ``T`` reaches the same ``alpha_bar_T``
-        as ``T = 1000`` does (betas times ``1000 / T``, as in Nichol & Dhariwal 2021)."""
+        """Linear betas (Ho et al. 2020, Sec. 4) from ``beta_start`` to ``beta_end``, times ``1000 / T``
+        (the rescaling of Nichol & Dhariwal 2021's code), each capped at ``0.999``.
+
+        The rescaling keeps the total noise ``sum(beta) = 500 (beta_start + beta_end)`` the same for
+        every ``T`` whose betas stay below the cap (``T >= 21`` with the defaults); since
+        ``log alpha_bar_T = sum log(1 - beta) < -sum(beta)`` and the gap grows with ``beta^2``, a
+        smaller ``T`` ends at a *smaller* ``alpha_bar_T`` than ``T = 1000`` does; the two agree only as
+        ``T`` grows (``alpha_bar_T -> exp(-sum beta)``). Below ``T = 21`` the cap binds and the sum is smaller.
+        """
         T = _check_T(T)
+        beta_start = _c.check_positive(beta_start, "beta_start")
+        beta_end = _c.check_positive(beta_end, "beta_end")
         scale = 1000.0 / T
         return cls(np.linspace(beta_start * scale, min(beta_end * scale, 0.999), T), name="linear")
 
@@ -89,6 +106,8 @@ class Schedule:
         """Cosine schedule (Nichol & Dhariwal 2021, eq. 17):
         ``alpha_bar(t) = f(t)/f(0)``, ``f(t) = cos(((t/T + s)/(1 + s)) * pi/2)^2``."""
         T = _check_T(T)
+        s = _c.check_nonnegative(s, "s")
+        max_beta = _check_max_beta(max_beta)
         f = lambda u: np.cos((u + s) / (1.0 + s) * math.pi / 2) ** 2  # noqa: E731
         u = np.arange(1, T + 1, dtype=np.float64) / T
         return cls.from_alpha_bar(f(u) / f(0.0), name="cosine", max_beta=max_beta)
@@ -99,6 +118,11 @@ class Schedule:
         """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Alg. 1):
         ``alpha_bar(t) = (s(end/tau) - s((t(end-start)+start)/tau)) / (s(end/tau) - s(start/tau))``."""
         T = _check_T(T)
+        start, end = _c.check_real(start, "start"), _c.check_real(end, "end")
+        tau = _c.check_positive(tau, "tau")
+        max_beta = _check_max_beta(max_beta)
+        if not start < end:
+            raise ValueError(f"start must be < end, got start={start}, end={end}")
         sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
         u = np.arange(0, T + 1, dtype=np.float64) / T
         v_start, v_end = sig(start / tau), sig(end / tau)
@@ -143,6 +167,9 @@ class Schedule:
     def check_t_index(self, t_index, name: str = "t_index"):
         """Raise ``IndexError`` unless every entry of ``t_index`` is an integer in ``[0, T)``."""
         arr = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index)
+        if arr.dtype == object and all(_c.is_int(v) for v in arr.reshape(-1).tolist()):
+            raise IndexError(f"{name} must lie in [0, {self.T - 1}] for this T={self.T} schedule; "
+                             f"got an integer too large for int64")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"{name} must hold integers in [0, {self.T}), got dtype {arr.dtype}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.T):
@@ -157,15 +184,15 @@ class Schedule:
     def t_to_t_index(self, t):
         """Nearest ``t_index`` for continuous ``t`` in ``(0, 1]``."""
         t = np.asarray(t, dtype=np.float64)
-        if np.any((t <= 0) | (t > 1)):
-            raise ValueError("t must lie in (0, 1]")
+        if not np.all((t > 0) & (t <= 1)):  # NaN fails this test too
+            raise ValueError(f"t must lie in (0, 1], got {t.reshape(-1)[~((t > 0) & (t <= 1)).reshape(-1)][:3].tolist()}")
         return np.clip(np.rint(t * self.T - 1.0), 0, self.T - 1).astype(np.int64)
 
     def alpha_bar_to_t_index(self, alpha_bar):
         """The ``t_index`` whose ``alpha_bar`` is nearest (in log-SNR) to the given value."""
         ab = np.asarray(alpha_bar, dtype=np.float64)
-        if np.any((ab <= 0) | (ab >= 1)):
-            raise ValueError("alpha_bar must lie in (0, 1)")
+        if not np.all((ab > 0) & (ab < 1)):  # NaN fails this test too
+            raise ValueError(f"alpha_bar must lie in (0, 1), got {ab.reshape(-1)[~((ab > 0) & (ab < 1)).reshape(-1)][:3].tolist()}")
         log_snr = np.log(self.snr)
         target = np.log(ab / (1.0 - ab))
         return np.abs(log_snr[None, :] - target.reshape(-1, 1)).argmin(axis=1).reshape(ab.shape)
@@ -173,19 +200,21 @@ class Schedule:
     def sigma_to_t_index(self, sigma):
         """The ``t_index`` whose VE-equivalent ``sigma`` is nearest (in log-SNR) to the given value."""
         s = np.asarray(sigma, dtype=np.float64)
-        if np.any(s <= 0):
-            raise ValueError("sigma must be positive")
+        if not np.all((s > 0) & np.isfinite(s)):  # NaN fails this test too
+            raise ValueError(f"sigma must be finite and > 0, got {s.reshape(-1)[~((s > 0) & np.isfinite(s)).reshape(-1)][:3].tolist()}")
         return self.alpha_bar_to_t_index(1.0 / (1.0 + s * s))
 
     def timesteps(self, n: int) -> np.ndarray:
         """``n`` unique, descending ``t_index`` values from ``T-1`` towards ``0`` for n-step sampling
         (evenly spaced, "trailing" spacing of Lin et al. 2024, Table 2, so sampling starts at ``T-1``)."""
-        if not isinstance(n, (int, np.integer)) or n < 1 or n > self.T:
+        if not _c.is_int(n) or n < 1 or n > self.T:
             raise ValueError(f"n must be an integer in [1, T={self.T}], got {n!r}")
-        steps = np.round(np.arange(self.T, 0, -self.T / n)).astype(np.int64) - 1
-        steps = np.unique(np.clip(steps, 0, self.T - 1))[::-1]
-        assert steps.size == n and steps[0] == self.T - 1
-        return steps
+        # t_k = round(T (n - k) / n) - 1, k = 0 .. n-1, in exact integer arithmetic (round half to even,
+        # as np.round); the points are T/n >= 1 apart, so they are distinct and t_0 = T - 1.
+        T, n = self.T, int(n)
+        q, r = np.divmod(T * (n - np.arange(n, dtype=np.int64)), n)
+        q = q + ((2 * r > n) | ((2 * r == n) & (q % 2 == 1)))
+        return (q - 1).astype(np.int64)
 
     # ---------------------------------------------------------------- use with data
     def at(self, table: str, t_index, like):
@@ -203,7 +232,15 @@ class Schedule:
                 f"alpha_bar_T={self.alpha_bar[-1]:.3g})")
 
 
+MAX_T = 100_000  # bounds what a loaded file can make us allocate (each table is 8 T bytes)
+
+
 def _check_T(T) -> int:
-    if not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
-    return int(T)
+    return _c.check_count(T, "T", 1, MAX_T)
+
+
+def _check_max_beta(max_beta) -> float:
+    max_beta = _c.check_real(max_beta, "max_beta")
+    if not 0 < max_beta < 1:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    return max_beta

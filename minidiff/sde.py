@@ -31,9 +31,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import _checks as _c
+
 from .schedule import Schedule
 
 __all__ = ["VPSDE", "VESDE", "mixture_score", "score_from_eps_model", "tweedie_x0", "check_t"]
+
+
+def check_dt(dt, name: str = "dt") -> float:
+    """A time step ``dt`` in ``(0, 1]`` (``discretize`` steps forward from ``t - dt`` to ``t``)."""
+    dt = _c.check_positive(dt, name)
+    if dt > 1.0:
+        raise ValueError(f"{name} must lie in (0, 1] (a step of continuous SDE time), got {dt}")
+    return dt
 
 
 def check_t(t, name: str = "t") -> float:
@@ -162,8 +172,8 @@ class VPSDE(_LinearSDE):
         with ``beta_i = 1 - exp(-int_{t-dt}^t beta) = beta(t) dt + O(dt^2)`` (Song et al. 2021b, eq. 10;
         their ``VPSDE.discretize`` uses the first-order ``beta(t) dt``, which exceeds 1 for coarse grids).
         The products of ``1 - beta_i`` telescope to :meth:`alpha_bar` exactly."""
-        t = check_t(t)
-        t_prev = max(t - float(dt), 0.0)
+        t, dt = check_t(t), check_dt(dt)
+        t_prev = max(t - dt, 0.0)
         beta_i = -math.expm1(self.integrated_beta(t_prev) - self.integrated_beta(t))
         return math.sqrt(1.0 - beta_i) - 1.0, math.sqrt(beta_i)
 
@@ -171,8 +181,9 @@ class VPSDE(_LinearSDE):
         """The DDPM chain this SDE discretises: ``beta_i = beta(t_i) / T`` at ``t_i = (i + 1) / T``
         (Song et al. 2021b, App. B; ``t_index = i``). Its ``alpha_bar`` matches :meth:`alpha_bar` at
         ``t_i`` within ``O(1 / T)``."""
-        if not isinstance(T, (int, np.integer)) or T < 1:
-            raise ValueError(f"T must be an integer >= 1, got {T!r}")
+        from .schedule import _check_T
+
+        T = _check_T(T)
         t = np.arange(1, T + 1, dtype=np.float64) / T
         betas = (self.beta_min + t * (self.beta_max - self.beta_min)) / T
         return Schedule.from_betas(betas, name=f"vp_sde(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})")
@@ -243,7 +254,7 @@ class VESDE(_LinearSDE):
     def discretize(self, t, dt):
         """NCSN's step from ``t - dt`` to ``t``, ``x_t = x_{t-dt} + sqrt(sigma(t)^2 - sigma(t-dt)^2) z``,
         as ``(drift_coef, diffusion) = (0, sqrt(sigma(t)^2 - sigma(t - dt)^2))`` (Song et al. 2021b, eq. 8)."""
-        s, s_prev = self.sigma(t), self.sigma(max(check_t(t) - float(dt), 0.0))
+        s, s_prev = self.sigma(t), self.sigma(max(check_t(t) - check_dt(dt), 0.0))
         return 0.0, math.sqrt(s * s - s_prev * s_prev)
 
     def sigmas(self, n: int) -> np.ndarray:

@@ -19,7 +19,8 @@ from typing import Iterator
 
 import torch
 
-from .samplers import Step, _check_count, _check_x, _evaluate, _t_index_vector
+from . import _checks
+from .samplers import Step, _check_count, _check_x, _checked, _evaluate, _t_index_vector
 from .schedule import Schedule
 
 __all__ = ["dpm_solver_2m"]
@@ -42,8 +43,8 @@ def dpm_solver_2m(model, x_T, schedule: Schedule, n_steps: int, *, generator: to
     n_steps = _check_count(n_steps, "n_steps", high=schedule.T)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if clip_x0 is not None and not float(clip_x0) > 0:
-        raise ValueError(f"clip_x0 must be > 0, got {clip_x0}")
+    if clip_x0 is not None:
+        clip_x0 = _checks.check_positive(clip_x0, "clip_x0")
     return _dpm_solver_2m(model, x_T, schedule, n_steps, clip_x0)
 
 
@@ -62,7 +63,7 @@ def _dpm_solver_2m(model, x, schedule, n_steps, clip_x0):
     for i, (t_s, t_t) in enumerate(zip(t_indices, t_next)):
         alpha_s, sigma_s, lam_s = _alpha_sigma_lambda(schedule, t_s)
         alpha_t, sigma_t, lam_t = _alpha_sigma_lambda(schedule, t_t)
-        eps = _evaluate(model, "model", x, _t_index_vector(t_s, x))  # (B, ...)
+        eps = _evaluate(model, "model", x, _t_index_vector(t_s, x), index=i)  # (B, ...)
         x0 = (x - sigma_s * eps) / alpha_s                             # data prediction
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
@@ -76,5 +77,6 @@ def _dpm_solver_2m(model, x, schedule, n_steps, clip_x0):
                 r = h_prev / h
                 D = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             x_next = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
+        _checked(x_next, i, f"t_index={t_s}")
         yield Step(index=i, x=x_next, x0=x0, t_index=t_s)
         x, x0_prev, h_prev = x_next, x0, h

@@ -19,7 +19,8 @@ single process with the same global batch up to floating-point summation order.
 
 CLI::
 
-    python -m minidiff.train --preset digits [--steps N --batch-size B --lr LR --seed S --out DIR --resume]
+    python -m minidiff.train --preset digits [--steps N --batch-size B --lr LR --seed S --out DIR --resume
+                                              --overwrite]
     torchrun --nproc_per_node=2 -m minidiff.train --preset digits --out runs/digits
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import _checks as _c
 from . import checkpoint as ckpt
 from . import forward
 from .schedule import Schedule
@@ -53,7 +55,25 @@ __all__ = [
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
 PRETRAINED = ("digits", "digits_cond", "toy2d")
+
+
+def _check_train_args(*, steps, batch_size, lr, seed, warmup, lr_min_frac, ema_decay, grad_clip, p_uncond,
+                      weight_decay=0.0):
+    """Validate a run's numbers once, naming the argument; returns ``(steps, batch_size, lr, seed)``."""
+    steps = _c.check_count(steps, "steps")
+    batch_size = _c.check_count(batch_size, "batch_size")
+    lr = _c.check_positive(lr, "lr")
+    seed = _c.check_count(seed, "seed", low=0)
+    _c.check_count(warmup, "warmup", low=0)
+    _c.check_probability(lr_min_frac, "lr_min_frac")
+    _c.check_probability(ema_decay, "ema_decay")
+    _c.check_probability(p_uncond, "p_uncond")
+    _c.check_nonnegative(weight_decay, "weight_decay")
+    if grad_clip is not None:
+        _c.check_nonnegative(grad_clip, "grad_clip")
+    return steps, batch_size, lr, seed
 
 
 # ============================================================================ records and state
@@ -91,6 +111,22 @@ class ScheduleSpec:
     kind: str = "linear"
     T: int = 1000
 
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
+        from .schedule import _check_T
+
+        _check_T(self.T)
+
+    @classmethod
+    def from_dict(cls, d, what: str = "schedule") -> "ScheduleSpec":
+        """Every field required and type-checked; ``ValueError`` naming ``what`` and the key."""
+        kw = _c.fields_from_dict(cls, d, what)
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: {e}") from None
+
     def build(self) -> Schedule:
         ctor = {"linear": Schedule.linear, "cosine": Schedule.cosine, "sigmoid": Schedule.sigmoid}.get(self.kind)
         if ctor is None:
@@ -119,6 +155,19 @@ class Preset:
     checkpoint_every: int = 250
     objective: str = "ddpm"           # a key of OBJECTIVES: what is regressed on what
 
+    def __post_init__(self):
+        for name in ("name", "data", "objective"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Preset.{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.model, (UNetConfig, MLPConfig)):
+            raise TypeError(f"Preset.model must be a UNetConfig or MLPConfig, got {type(self.model).__name__}")
+        if not isinstance(self.schedule, ScheduleSpec):
+            raise TypeError(f"Preset.schedule must be a ScheduleSpec, got {type(self.schedule).__name__}")
+        _check_train_args(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                          warmup=self.warmup, lr_min_frac=self.lr_min_frac, ema_decay=self.ema_decay,
+                          grad_clip=self.grad_clip, p_uncond=self.p_uncond, weight_decay=self.weight_decay)
+        _c.check_count(self.checkpoint_every, "checkpoint_every")
+
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["model"] = config_to_dict(self.model)
@@ -126,14 +175,21 @@ class Preset:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preset":
-        d = dict(d)
-        d["model"] = config_from_dict(d["model"])
-        d["schedule"] = ScheduleSpec(**d["schedule"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown preset fields {sorted(set(d) - names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, what: str = "preset") -> "Preset":
+        """Inverse of :meth:`to_dict`: every field required and type-checked, none defaulted;
+        ``ValueError`` naming ``what`` (e.g. the file) and the key."""
+        kw = _c.fields_from_dict(cls, d, what, skip=("model", "schedule", "name", "data", "grad_clip"))
+        for name in ("name", "data"):
+            if not isinstance(kw[name], str):
+                raise ValueError(f"{what}: field {name!r} must be of type str, got {kw[name]!r}")
+        if kw["grad_clip"] is not None:  # null: no clipping
+            kw["grad_clip"] = _c._typed(kw["grad_clip"], 1.0, f"{what}: field 'grad_clip'")
+        kw["model"] = config_from_dict(kw["model"], f"{what}: model")
+        kw["schedule"] = ScheduleSpec.from_dict(kw["schedule"], f"{what}: schedule")
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: {e}") from None
 
 
 DIGITS_UNET = UNetConfig(image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1)
@@ -280,6 +336,9 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
     """
     from tqdm.auto import tqdm
 
+    steps, batch_size, lr, seed = _check_train_args(
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, lr_min_frac=lr_min_frac,
+        ema_decay=ema_decay, grad_clip=grad_clip, p_uncond=p_uncond)
     objective = get_objective(objective)
     world, rank = _dist()
     if batch_size % world:
@@ -315,6 +374,10 @@ def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, st
             for grp in state.optimizer.param_groups:
                 grp["lr"] = cur_lr
             loss = objective.loss(net, x0, time_draw.to(device), noise.to(device), y, schedule)
+            if not bool(torch.isfinite(loss.detach())):  # stop before the update touches the weights
+                raise _c.NonFiniteError(f"training diverged: the loss of step {s + 1} is {float(loss.detach())} "
+                                        f"(lr {cur_lr:g}); check lr, the data and batch_size. The weights "
+                                        f"are those after step {s} and nothing non-finite was saved")
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -345,6 +408,7 @@ def save_checkpoint(path, state: TrainState, preset: Preset) -> None:
     opt_t, groups = ckpt.optimizer_state_to_tensors(state.optimizer)
     tensors.update({f"optim.{k}": v for k, v in opt_t.items()})
     tensors["rng.torch"] = torch.get_rng_state()
+    ckpt.check_finite_weights(tensors, f"checkpoint {path} at step {state.step}")
     meta = {"kind": "train_state", "step": state.step, "preset": preset.to_dict(),
             "model": config_to_dict(preset.model), "schedule": dataclasses.asdict(preset.schedule),
             "optimizer": {"name": "AdamW", "param_groups": groups}}
@@ -357,22 +421,43 @@ def load_checkpoint(path, state: TrainState | None = None) -> tuple[TrainState, 
     tensors, meta = ckpt.load(path)
     if meta.get("kind") != "train_state":
         raise ValueError(f"{path} is a minidiff {meta.get('kind')!r} file, not a training checkpoint")
-    preset = Preset.from_dict(meta["preset"])
+    for key in ("step", "preset", "optimizer"):
+        if key not in meta:
+            raise ValueError(f"{path}: checkpoint metadata lacks the field {key!r}")
+    step = meta["step"]
+    if not _c.is_int(step) or step < 0:
+        raise ValueError(f"{path}: field 'step' must be a non-negative integer, got {step!r}")
+    opt_meta = meta["optimizer"]
+    if not isinstance(opt_meta, dict) or not isinstance(opt_meta.get("param_groups"), list):
+        raise ValueError(f"{path}: field 'optimizer' must be an object with a 'param_groups' list")
+    preset = Preset.from_dict(meta["preset"], f"{path}: preset")
+    _check_shapes_before_building(preset.model, ckpt.subset(tensors, "model"), f"checkpoint {path} (model)")
     if state is None:
         state = TrainState.create(build_model(preset.model), lr=preset.lr, weight_decay=preset.weight_decay)
     ckpt.load_state_into(state.model, ckpt.subset(tensors, "model"), f"checkpoint {path} (model)")
     ckpt.load_state_into(state.ema, ckpt.subset(tensors, "ema"), f"checkpoint {path} (ema)")
-    ckpt.optimizer_state_from_tensors(state.optimizer, ckpt.subset(tensors, "optim"),
-                                      meta["optimizer"]["param_groups"])
+    ckpt.optimizer_state_from_tensors(state.optimizer, ckpt.subset(tensors, "optim"), opt_meta["param_groups"],
+                                      f"checkpoint {path} (optimizer)")
     if "rng.torch" in tensors:
+        if tensors["rng.torch"].dtype != torch.uint8 or tensors["rng.torch"].ndim != 1:
+            raise ValueError(f"checkpoint {path}: rng.torch must be a 1-D uint8 tensor")
         torch.set_rng_state(tensors["rng.torch"])
-    state.step = int(meta["step"])
+    state.step = int(step)
     return state, preset
+
+
+def _check_shapes_before_building(config, tensors: dict, what: str) -> None:
+    """Compare ``tensors`` with the parameters ``config`` would build, on the ``meta`` device (no
+    memory allocated), so a few-KB file claiming a huge model fails before anything is built."""
+    with torch.device("meta"):
+        shell = build_model(config)
+    ckpt.check_state_dict(shell, tensors, what)
 
 
 def save_weights(path, model: nn.Module, schedule_spec: ScheduleSpec, **info) -> None:
     """Weights only (the EMA network to ship), with its config and schedule, atomically."""
     tensors = {f"ema.{k}": v for k, v in model.state_dict().items()}
+    ckpt.check_finite_weights(tensors, f"weights {path}")
     meta = {"kind": "weights", "model": config_to_dict(model.config),
             "schedule": dataclasses.asdict(schedule_spec), "info": info}
     ckpt.save(path, tensors, meta)
@@ -383,10 +468,17 @@ def load_weights(path) -> tuple[nn.Module, Schedule, dict]:
     tensors, meta = ckpt.load(path)
     if meta.get("kind") not in ("weights", "train_state"):
         raise ValueError(f"{path} holds no denoiser weights (kind {meta.get('kind')!r})")
-    model = build_model(config_from_dict(meta["model"]))
-    ckpt.load_state_into(model, ckpt.subset(tensors, "ema"), f"weights {path}")
+    for key in ("model", "schedule"):
+        if key not in meta:
+            raise ValueError(f"{path}: metadata lacks the field {key!r}")
+    config = config_from_dict(meta["model"], f"{path}: model")
+    spec = ScheduleSpec.from_dict(meta["schedule"], f"{path}: schedule")   # T bounded before building
+    ema = ckpt.subset(tensors, "ema")
+    _check_shapes_before_building(config, ema, f"weights {path}")
+    model = build_model(config)
+    ckpt.load_state_into(model, ema, f"weights {path}")
     model.eval().requires_grad_(False)
-    return model, ScheduleSpec(**meta["schedule"]).build(), meta
+    return model, spec.build(), meta
 
 
 def load_pretrained(name: str) -> tuple[nn.Module, Schedule]:
@@ -403,7 +495,10 @@ def load_pretrained(name: str) -> tuple[nn.Module, Schedule]:
 
 
 def pretrained_info(name: str) -> dict:
-    """The JSON record shipped next to a pretrained model (command, seed, measured figures)."""
+    """The JSON record shipped next to a pretrained model (command, seed, measured figures).
+    ``name`` must be one of :data:`PRETRAINED` or ``"classifier"`` (no paths)."""
+    if name not in PRETRAINED + ("classifier",):
+        raise ValueError(f"name must be one of {PRETRAINED + ('classifier',)}, got {name!r}")
     return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
 
 
@@ -411,7 +506,7 @@ def pretrained_info(name: str) -> dict:
 def _init_distributed() -> torch.device:
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if _launched_by_torchrun() and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     if torch.cuda.is_available():
@@ -419,6 +514,23 @@ def _init_distributed() -> torch.device:
         torch.cuda.set_device(dev)
         return dev
     return torch.device("cpu")
+
+
+def _launched_by_torchrun() -> bool:
+    """True only for a process started by ``torchrun`` (it sets ``TORCHELASTIC_RUN_ID`` next to
+    ``WORLD_SIZE``). A ``WORLD_SIZE > 1`` inherited from elsewhere, with no launcher and no peers, would
+    make ``init_process_group`` wait 30 minutes for ranks that never come: warn and run single-process."""
+    import warnings
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) <= 1:
+        return False
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return True
+    warnings.warn(f"WORLD_SIZE={world} is set but this process was not started by torchrun "
+                  f"(no TORCHELASTIC_RUN_ID); training single-process. Launch with torchrun for "
+                  f"multi-process training.", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _param_digest(model: nn.Module) -> str:
@@ -429,16 +541,100 @@ def _param_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+RUN_FILES = ("log.jsonl", "preset.json", "last.safetensors", "ema.safetensors", "ranks.json")
+
+
+def _is_run_file(name: str) -> bool:
+    """A file :func:`run` writes (``ema_<step>.safetensors`` snapshots included)."""
+    return name in RUN_FILES or (name.startswith("ema_") and name.endswith(".safetensors")
+                                 and name[4:-12].isdigit())
+
+
+def _prepare_out(out: Path, preset: Preset, resume: bool, overwrite: bool) -> bool:
+    """Apply the ``--out`` rule and return whether to resume from ``out/last.safetensors``.
+
+    An empty (or new) folder starts a fresh run. A folder holding ``last.safetensors`` is continued
+    with ``resume`` (the preset must match). Any other non-empty folder -- a finished or foreign run
+    without ``resume``, or files from elsewhere -- is refused unless ``overwrite``, which first deletes
+    the files a run writes (:data:`RUN_FILES`, ``ema_*.safetensors``) so log and checkpoints always
+    describe one run; other files are left alone."""
+    last = out / "last.safetensors"
+    entries = sorted(p.name for p in out.iterdir() if p.name != ckpt.LOCK_NAME) if out.is_dir() else []
+    if not entries:
+        return False
+    if resume and last.is_file():
+        return True
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        why = ("it holds no last.safetensors to resume from" if resume else
+               "it already holds files (a finished run or files from elsewhere)")
+        raise FileExistsError(f"--out {out} is not empty ({shown}) and {why}; pass --resume to continue a run "
+                              f"of this preset, --overwrite to replace it, or choose another --out")
+    for name in entries:
+        p = out / name
+        if _is_run_file(name) and (p.is_file() or p.is_symlink()):
+            p.unlink()
+    return False
+
+
+def _read_log(logf: Path, upto: int) -> list[str]:
+    """The log lines of steps ``1..upto`` from a previous run. Lines that do not parse as a JSON object
+    with an integer ``step`` (a line torn by a full disk, foreign text) are dropped with a warning, and
+    the steps missing from the log are named (they are re-run only if after the checkpoint)."""
+    import warnings
+
+    kept, dropped = {}, 0
+    if logf.is_symlink():
+        raise OSError(f"{logf} is a symbolic link; refusing to read or write through it")
+    for ln in logf.read_text(errors="replace").splitlines():
+        if not ln.strip():
+            continue
+        try:
+            d = json.loads(ln)
+            step = d.get("step") if isinstance(d, dict) else None
+        except ValueError:
+            step = None
+        if not _c.is_int(step):
+            dropped += 1
+            continue
+        if 1 <= step <= upto:
+            kept[step] = ln
+    missing = [k for k in range(1, upto + 1) if k not in kept]
+    if dropped or missing:
+        gap = f"; steps {missing[:5]}{' ...' if len(missing) > 5 else ''} have no log line" if missing else ""
+        warnings.warn(f"{logf}: dropped {dropped} unreadable line(s){gap}; resuming from the checkpoint at "
+                      f"step {upto}, later steps are re-run", RuntimeWarning, stacklevel=3)
+    return [kept[k] for k in sorted(kept)]
+
+
 def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True,
-        device: torch.device | None = None, save_ema_every: int | None = None) -> Iterator[TrainRecord]:
+        device: torch.device | None = None, save_ema_every: int | None = None,
+        overwrite: bool = False) -> Iterator[TrainRecord]:
     """Train ``preset`` end to end, yielding records. With ``out``: a JSONL log (``log.jsonl``), a
     checkpoint ``last.safetensors`` every ``checkpoint_every`` steps and at the end, and the EMA weights
     ``ema.safetensors``. ``resume=True`` continues from ``out/last.safetensors`` if present.
     ``save_ema_every=k`` also keeps EMA snapshots ``ema_<step>.safetensors`` every ``k`` steps (for
-    measuring when a run first reaches a quality bar)."""
-    world, rank = _dist()
-    device = device or (torch.device("cpu") if world == 1 else next_device())
+    measuring when a run first reaches a quality bar).
+
+    Files: ``out`` is locked for the run (a second run into it raises ``RuntimeError``); a non-empty
+    ``out`` that is not a run to resume is refused unless ``overwrite`` (see :func:`_prepare_out`);
+    nothing is written through a symbolic link; temporary files of killed saves are removed."""
+    if save_ema_every is not None:
+        save_ema_every = _c.check_count(save_ema_every, "save_ema_every")
     out = Path(out) if out is not None else None
+    world, rank = _dist()
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        with ckpt.lock_folder(out, "another training run"):
+            ckpt.remove_stale_temps(out, owned=_is_run_file)
+            resume = _prepare_out(out, preset, resume, overwrite)
+            yield from _run(preset, out, resume, progress, device, save_ema_every, world, rank)
+    else:
+        yield from _run(preset, out, resume, progress, device, save_ema_every, world, rank)
+
+
+def _run(preset, out, resume, progress, device, save_ema_every, world, rank):
+    device = device or (torch.device("cpu") if world == 1 else next_device())
     torch.manual_seed(preset.seed)
     model = build_model(preset.model).to(device)
     state = TrainState.create(model, lr=preset.lr, weight_decay=preset.weight_decay)
@@ -453,14 +649,11 @@ def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True
     x, y = x.to(device), (y.to(device) if y is not None else None)
     log = None
     if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         logf = out / "log.jsonl"
-        kept = []
-        if resume and logf.exists():
-            kept = [ln for ln in logf.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= state.step]
-        logf.write_text("".join(ln + "\n" for ln in kept))
-        log = open(logf, "a")
-        (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=1, sort_keys=True))
+        kept = _read_log(logf, state.step) if resume and logf.exists() else []
+        ckpt.atomic_write_text(logf, "".join(ln + "\n" for ln in kept))
+        log = ckpt.open_append(logf)
+        ckpt.atomic_write_text(out / "preset.json", json.dumps(preset.to_dict(), indent=1, sort_keys=True))
     t0 = time.perf_counter()
     try:
         for rec in train_steps(state, x, schedule, steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
@@ -506,24 +699,52 @@ def _check_ranks(state: TrainState, out, world: int, rank: int) -> None:
     dist.all_gather(gathered, digest)
     if rank == 0 and out is not None:
         hexes = [bytes(int(b) for b in d.cpu().tolist()).hex() for d in gathered]
-        (Path(out) / "ranks.json").write_text(json.dumps({"world_size": world, "param_sha256": hexes}, indent=1))
+        ckpt.atomic_write_text(Path(out) / "ranks.json",
+                               json.dumps({"world_size": world, "param_sha256": hexes}, indent=1))
 
 
 # ============================================================================ CLI
+def _ranged(kind, low=None, high=None, low_open=False, what="a number"):
+    """An argparse ``type`` converting with ``kind`` and checking ``low <= v <= high`` (``low < v``
+    with ``low_open``), so a bad value is a usage error naming the option, not a crash later."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite {what}, got {text!r}")
+        if low is not None and (v <= low if low_open else v < low) or high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
+
+
+_POS_INT = _ranged(int, 1, what="an integer >= 1")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minidiff.train", description="Train a minidiff denoiser.")
+    p = argparse.ArgumentParser(
+        prog="python -m minidiff.train", description="Train a minidiff denoiser.",
+        epilog="OUT rule: a new or empty OUT starts a fresh run; an OUT holding last.safetensors continues "
+               "with --resume (same preset). Any other non-empty OUT (a finished run rerun without "
+               "--resume, files from elsewhere) is refused unless --overwrite, which deletes the files "
+               "a run writes (log.jsonl, preset.json, last/ema*.safetensors, ranks.json) first. OUT is "
+               "locked while a run trains in it: a second run into the same OUT stops at once.")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--out", help="run folder (default runs/<preset>)")
+    p.add_argument("--steps", type=_POS_INT, help="total optimizer steps (>= 1)")
+    p.add_argument("--batch-size", type=_POS_INT, help="global batch size (>= 1)")
+    p.add_argument("--lr", type=_ranged(float, 0.0, low_open=True, what="a learning rate > 0"))
+    p.add_argument("--seed", type=_ranged(int, 0, what="an integer >= 0"))
+    p.add_argument("--ema-decay", type=_ranged(float, 0.0, 1.0, what="a decay in [0, 1]"))
+    p.add_argument("--warmup", type=_ranged(int, 0, what="an integer >= 0"))
+    p.add_argument("--checkpoint-every", type=_POS_INT, help="save OUT/last.safetensors every N steps (>= 1)")
+    p.add_argument("--out", help="run folder (default runs/<preset>); see the OUT rule below")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors if present")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--save-ema-every", type=int, help="also keep EMA snapshots every N steps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files in a non-empty OUT instead of refusing")
+    p.add_argument("--threads", type=_POS_INT, help="torch.set_num_threads (>= 1; default: torch's default)")
+    p.add_argument("--save-ema-every", type=_POS_INT, help="also keep EMA snapshots every N steps (>= 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -541,7 +762,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     last = None
     for last in run(preset, out=out, resume=args.resume, progress=not args.no_progress, device=device,
-                    save_ema_every=args.save_ema_every):
+                    save_ema_every=args.save_ema_every, overwrite=args.overwrite):
         pass
     if rank == 0:
         msg = f"{preset.name}: step {last.step if last else preset.steps}" + (f", loss {last.loss:.4f}" if last else "")

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _checks as _c
 from . import forward
 from .schedule import Schedule
 
@@ -59,7 +60,16 @@ class UNetConfig:
 
     def __post_init__(self):
         _check_prediction(self.prediction)
-        object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
+        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "attn_heads", "groups"):
+            _c.check_count(getattr(self, name), f"UNetConfig.{name}")
+        _c.check_count(self.num_classes, "UNetConfig.num_classes", low=0)
+        if not isinstance(self.channel_mults, (tuple, list)) or not self.channel_mults:
+            raise ValueError(f"UNetConfig.channel_mults must be a non-empty tuple of integers >= 1, "
+                             f"got {self.channel_mults!r}")
+        mults = tuple(_c.check_count(m, "UNetConfig.channel_mults entries") for m in self.channel_mults)
+        object.__setattr__(self, "channel_mults", mults)
+        if not 0.0 <= _c.check_real(self.dropout, "UNetConfig.dropout") < 1.0:
+            raise ValueError(f"UNetConfig.dropout must lie in [0, 1), got {self.dropout}")
         down = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % down:
             raise ValueError(f"image_size {self.image_size} must be divisible by 2^(levels-1) = {down}")
@@ -82,8 +92,9 @@ class MLPConfig:
 
     def __post_init__(self):
         _check_prediction(self.prediction)
-        if self.num_classes < 0:
-            raise ValueError("num_classes must be >= 0")
+        for name in ("dim", "hidden", "depth"):
+            _c.check_count(getattr(self, name), f"MLPConfig.{name}")
+        _c.check_count(self.num_classes, "MLPConfig.num_classes", low=0)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -271,7 +282,7 @@ class MLPDenoiser(nn.Module):
 def _t(t_index, x):
     """``t_index`` as a (B,) int64 tensor on x's device (an int broadcasts)."""
     t = torch.as_tensor(t_index, device=x.device)
-    if t.is_floating_point():
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"t_index must hold integers, got {t.dtype}")
     t = t.to(torch.int64).reshape(-1)
     if t.numel() == 1 and x.shape[0] != 1:
@@ -284,7 +295,10 @@ def _t(t_index, x):
 def _y(y, x, num_classes):
     if y is None:
         return None
-    y = torch.as_tensor(y, device=x.device).to(torch.int64).reshape(-1)
+    y = torch.as_tensor(y, device=x.device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got {y.dtype}")  # y=1.7 is not class 1
+    y = y.to(torch.int64).reshape(-1)
     if y.numel() == 1 and x.shape[0] != 1:
         y = y.expand(x.shape[0])
     if y.numel() != x.shape[0]:
@@ -316,17 +330,20 @@ def config_to_dict(config) -> dict:
     return {"kind": kind, **d}
 
 
-def config_from_dict(d: dict):
-    """Inverse of :func:`config_to_dict`; only known kinds and fields are accepted."""
-    if not isinstance(d, dict) or d.get("kind") not in _KINDS:
-        raise ValueError(f"model config must be a dict with kind in {sorted(_KINDS)}, got {d!r}")
+def config_from_dict(d: dict, what: str = "model config"):
+    """Inverse of :func:`config_to_dict`. Every field is required and type-checked (a missing
+    ``prediction`` must not load a v-model as eps); unknown kinds or fields are a ``ValueError``
+    naming ``what`` (e.g. the file) and the key."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    if d.get("kind") not in _KINDS:
+        raise ValueError(f"{what}: field 'kind' must be one of {sorted(_KINDS)}, got {d.get('kind')!r}")
     cfg_cls = _KINDS[d["kind"]][0]
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    extra = set(d) - names - {"kind"}
-    if extra:
-        raise ValueError(f"unknown {d['kind']} config fields: {sorted(extra)}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "kind"}
-    return cfg_cls(**kw)
+    kw = _c.fields_from_dict(cfg_cls, {k: v for k, v in d.items() if k != "kind"}, f"{what} ({d['kind']})")
+    try:
+        return cfg_cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,8 +44,11 @@ def test_invalid_schedules_raise(betas, match):
 
 
 def test_invalid_T_raises():
-    for bad in (0, -3, 2.5):
+    for bad in (0, -3):
         with pytest.raises(ValueError, match="T must be"):
+            Schedule.linear(T=bad)
+    for bad in (2.5, True, "12"):  # not integers (a bool is not a count)
+        with pytest.raises(TypeError, match="T must be an integer"):
             Schedule.linear(T=bad)
 
 
