@@ -45,11 +45,12 @@ def test_shipped_classifier_accuracy():
 
 def test_fd_digits_real_vs_noise_and_floor():
     x_test, y_test = load_digits("test")
-    x_train = load_digits("train")[0]
-    idx = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(0))
-    real = metrics.fd_digits(x_train[idx[:360]])
+    fit, held_idx = metrics.classifier_split()
+    held = load_digits("train")[0][torch.from_numpy(held_idx)]
+    idx = torch.randperm(held.shape[0], generator=torch.Generator().manual_seed(0))
+    real = metrics.fd_digits(held[idx[:360]])
     assert real.n == 360 and real.floor == pytest.approx(real.value, rel=1e-9)  # the floor is this very comparison
-    other = metrics.fd_digits(x_train[idx[-360:]])
+    other = metrics.fd_digits(held[idx[-360:]])
     assert 0.5 < other.ratio < 1.5
     noise = torch.rand(360, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     bad = metrics.fd_digits(noise)
@@ -132,3 +133,37 @@ def test_bits_per_dim_dequantisation_offset():
     torch.testing.assert_close(res.nll, ref_nll, atol=0, rtol=3e-3)
     torch.testing.assert_close(res.bits_per_dim, res.nll / (D * math.log(2)) + 3.0, atol=1e-12, rtol=0)
     assert res.mean_bits_per_dim == pytest.approx(float(res.bits_per_dim.mean()))
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14, items 7 and 22)
+def test_metric_arguments_are_checked_by_name():
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="p must be"):
+        metrics.sliced_wasserstein(x, x, p=0)
+    with pytest.raises(TypeError, match="n_projections"):
+        metrics.sliced_wasserstein(x, x, n_projections=0.5)
+    sch = Schedule.linear()
+    gm = GaussianMixture.isotropic(torch.zeros(1, 2), 1.0)
+    with pytest.raises(ValueError, match="n_probes"):
+        metrics.log_likelihood(gm.eps_model(sch), x[:2], sch, n_probes=0)
+    with pytest.raises(ValueError, match="n_steps"):  # 0 intervals: would return the prior density of x
+        metrics.log_likelihood(gm.eps_model(sch), x[:2], sch, n_steps=0)
+    with pytest.raises(ValueError, match="bin_width"):
+        metrics.bits_per_dim(gm.eps_model(sch), x[:2], sch, bin_width=0)
+    with pytest.raises(ValueError, match="b must be finite"):
+        metrics.frechet_distance(np.ones((5, 3)), np.full((5, 3), np.nan))
+    with pytest.raises(ValueError, match="empty batch"):
+        metrics.classifier_features(torch.zeros(0, 1, 8, 8))
+
+
+def test_train_classifier_cli_writes_to_the_working_directory(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit):
+        metrics.main(["train-classifier", "--epochs", "0"])
+    with pytest.raises(ValueError, match="epochs"):
+        metrics.train_classifier(epochs=0)
+    shipped = metrics.CLASSIFIER_PATH.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    assert metrics.main(["train-classifier", "--epochs", "1"]) == 0
+    clf = metrics.load_classifier(tmp_path / "classifier.safetensors")
+    assert isinstance(clf, metrics.DigitClassifier)
+    assert metrics.CLASSIFIER_PATH.stat().st_mtime_ns == shipped  # the package was not written
