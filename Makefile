@@ -64,10 +64,10 @@ test-cudasim: install
 test-notebooks: install
 	MINIDIFF_FAST=1 $(ONE_THREAD) $(PY) -m pytest $(NBVAL_FLAGS) -n $(NB_WORKERS) --dist loadscope notebooks/
 
+# Every notebook in full mode, outputs written back, one at a time; then timed once in fast mode. The times go to
+# notebooks/runtimes.json and into each notebook's header and the README's course map (scripts/run_course.py).
 course: install
-	MINIDIFF_FAST=0 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	  --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 \
-	  --ExecutePreprocessor.store_widget_state=False notebooks/[0-9]*.ipynb
+	$(PY) scripts/run_course.py execute --no-widget-state
 	$(MAKE) --no-print-directory site
 
 site: install

@@ -1,0 +1,154 @@
+"""Execute the course and write down how long it took: the run times a reader sees are measured, never typed.
+
+``make course`` calls ``python scripts/run_course.py execute``: every notebook runs top to bottom from a fresh kernel,
+one at a time, in full mode, with its outputs written back in place; then each runs once more in fast mode
+(``MINIDIFF_FAST=1``, what CI runs; outputs discarded). The wall times go to ``notebooks/runtimes.json`` with the
+machine and its load, and ``python scripts/run_course.py write`` (also run by ``execute``) puts them into each
+notebook's "**Run time**" line and into the README's course map. ``tests/test_runtimes.py`` checks that the headers
+and the README say what ``runtimes.json`` says.
+
+    python scripts/run_course.py execute [NOTEBOOK ...]   # default: every notebooks/NN_*.ipynb
+    python scripts/run_course.py write                    # re-render headers and README from runtimes.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RUNTIMES = NOTEBOOKS / "runtimes.json"
+README = ROOT / "README.md"
+RUNTIME_LINE = re.compile(r"^(\*\*Run time\*\*|Run time:).*$", re.M)
+
+
+def course_notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def human(seconds: float) -> str:
+    """``7 s``, ``45 s``, ``1 min 10 s``, ``3 min``: rounded to what a reader plans with."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{max(s, 1)} s"
+    m, r = divmod(int(5 * round(s / 5)), 60)
+    return f"{m} min" + (f" {r} s" if r else "")
+
+
+def header_line(entry: dict) -> str:
+    return (f"**Run time** (measured by `make course`, one notebook at a time on {entry['machine']}): "
+            f"{human(entry['fast_s'])} in fast mode (`MINIDIFF_FAST=1`, what the tests run), "
+            f"{human(entry['full_s'])} in full mode (the committed outputs).")
+
+
+def readme_cell(entry: dict) -> str:
+    return f"{human(entry['fast_s'])} / {human(entry['full_s'])}"
+
+
+def machine() -> str:
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model})"
+
+
+def _execute(path: Path, fast: bool, write: bool, store_widget_state: bool) -> float:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    run = nb if write else copy.deepcopy(nb)
+    os.environ["MINIDIFF_FAST"] = "1" if fast else "0"   # the kernel inherits this process's environment
+    client = NotebookClient(run, timeout=1800, kernel_name="python3", store_widget_state=store_widget_state,
+                            resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - t0
+    if write:
+        nbformat.write(run, path)
+    return elapsed
+
+
+def execute(paths: list[Path], *, store_widget_state: bool) -> None:
+    table = json.loads(RUNTIMES.read_text()) if RUNTIMES.exists() else {}
+    for path in paths:
+        load = os.getloadavg()[0]
+        full = _execute(path, fast=False, write=True, store_widget_state=store_widget_state)
+        fast = _execute(path, fast=True, write=False, store_widget_state=False)
+        table[path.name] = {"full_s": round(full, 1), "fast_s": round(fast, 1), "machine": machine(),
+                            "load_before": round(load, 2), "date": _dt.date.today().isoformat()}
+        print(f"{path.name}: full {full:.1f} s, fast {fast:.1f} s (load before {load:.2f})", flush=True)
+        RUNTIMES.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    write()
+
+
+def _set_header(path: Path, entry: dict) -> bool:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    line = header_line(entry)
+    if RUNTIME_LINE.search(first.source):
+        new = RUNTIME_LINE.sub(lambda _: line, first.source, count=1)
+    else:
+        new = first.source.rstrip("\n") + "\n\n" + line
+    if new == first.source:
+        return False
+    first.source = new
+    nbformat.write(nb, path)
+    return True
+
+
+def write() -> None:
+    """Headers and README course map from runtimes.json (notebooks not yet measured are left as they are)."""
+    table = json.loads(RUNTIMES.read_text())
+    missing = [p.name for p in course_notebooks() if p.name not in table]
+    if missing:  # tests/test_runtimes.py fails until they are measured
+        print(f"no measured run time yet for {missing}: run `python scripts/run_course.py execute` on them")
+    for path in course_notebooks():
+        if path.name in table and _set_header(path, table[path.name]):
+            print(f"updated the run-time line of {path.name}")
+    text = README.read_text(encoding="utf-8")
+
+    def row(m: re.Match) -> str:
+        name = m.group("name")
+        return m.group("head") + readme_cell(table[name]) + " |" if name in table else m.group(0)
+
+    README.write_text(re.sub(r"(?P<head>^\| \d\d \| \[[^\]]*\]\(notebooks/(?P<name>\d\d_[\w]+\.ipynb)\) \|[^\n]*\| )"
+                             r"[^|\n]*\|$", row, text, flags=re.M), encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/run_course.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("execute", help="run notebooks in full mode in place, time full and fast mode, write times")
+    ex.add_argument("notebooks", nargs="*", type=Path)
+    ex.add_argument("--no-widget-state", action="store_true", help="do not store widget state in the notebooks")
+    sub.add_parser("write", help="re-render the run-time lines and the README course map from runtimes.json")
+    args = p.parse_args(argv)
+    if args.cmd == "write":
+        write()
+        return 0
+    paths = [p.resolve() for p in args.notebooks] or course_notebooks()
+    for path in paths:
+        if not path.is_file() or path.suffix != ".ipynb":
+            raise SystemExit(f"notebooks: {path} is not a notebook file")
+    execute(paths, store_widget_state=not args.no_widget_state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
