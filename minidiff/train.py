@@ -147,7 +147,7 @@ PRESETS: dict[str, Preset] = {
     # flow matching (notebook 07): the same networks predicting the rectified-flow velocity
     "fm_gmm": Preset("fm_gmm", "gmm", MLPConfig(dim=2, hidden=128, depth=3, prediction="velocity"), steps=3000,
                      batch_size=256, lr=2e-3, objective="fm"),
-    "fm_digits": Preset("fm_digits", "digits", dataclasses.replace(DIGITS_UNET, prediction="velocity"), steps=4000,
+    "fm_digits": Preset("fm_digits", "digits", dataclasses.replace(DIGITS_UNET, prediction="velocity"), steps=2000,
                         batch_size=128, lr=2e-3, objective="fm"),
 }
 
