@@ -15,7 +15,9 @@ independent real samples of the same size give.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +33,9 @@ __all__ = [
     "classifier_accuracy", "classify", "classifier_features", "frechet_distance", "fd_digits", "fd_digits_floor",
     "class_histogram", "sliced_wasserstein", "sliced_wasserstein_floor", "sliced_wasserstein_result",
     "log_likelihood", "bits_per_dim", "digits_bits_per_dim", "DIGITS_BIN_WIDTH",
+    "Estimate", "kid", "polynomial_kernel", "precision_recall", "QualityReport", "digits_quality",
+    "MemorisationReport", "memorisation", "compare", "classifier_split", "parameters_digest",
+    "classifier_logits",
 ]
 
 CLASSIFIER_PATH = Path(__file__).resolve().parent / "weights" / "classifier.safetensors"
@@ -81,15 +86,46 @@ class DigitClassifier(nn.Module):
         return self.fc2(self.drop(self.features(x)))
 
 
+CLASSIFIER_FIT_FRACTION = 0.5
+
+
+@lru_cache(maxsize=1)
+def classifier_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The digits classifier's data: indices ``(fit, held_out)`` into ``load_digits("train")``.
+
+    A fixed stratified split (per class, a shuffle with ``seed``) of the 1438 train digits: the
+    classifier is trained on ``fit`` (half of each class) only, so the real-vs-real floor of the
+    quality measures -- ``held_out`` train digits against the test split -- compares two sets the
+    classifier never saw, and generated samples are compared with the test split, unseen by both the
+    classifier and the diffusion models (which train on the whole train split)."""
+    from .data import load_digits
+
+    labels = load_digits("train")[1].numpy()
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_fit = int(round(CLASSIFIER_FIT_FRACTION * idx.size))
+        fit.append(idx[:n_fit])
+        held.append(idx[n_fit:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
 def train_classifier(*, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                      progress: bool = False) -> DigitClassifier:
-    """Train :class:`DigitClassifier` on the digits train split with +-1 pixel shift augmentation,
-    AdamW and a cosine learning rate; deterministic for ``seed`` and thread count."""
+    """Train :class:`DigitClassifier` on the ``fit`` half of the digits train split
+    (:func:`classifier_split`) with +-1 pixel shift augmentation, AdamW and a cosine learning rate;
+    deterministic for ``seed`` and thread count."""
     from tqdm.auto import tqdm
 
     from .data import augment_shift, load_digits
 
+    epochs = _check_count(epochs, "epochs")
+    batch_size = _check_count(batch_size, "batch_size")
     x, y = load_digits("train")
+    fit = torch.from_numpy(classifier_split()[0])
+    x, y = x[fit], y[fit]
     torch.manual_seed(seed)
     model = DigitClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -208,41 +244,384 @@ def frechet_distance(a, b) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2.0 * cross)
 
 
-@lru_cache(maxsize=4)
-def _test_features(classifier_id: int | None):
+# ---------------------------------------------------------------------------- reference features, cached
+# Cached on the classifier itself (a WeakKeyDictionary, so a classifier that goes away takes its cache
+# with it) and keyed by a digest of its parameters, so training it further cannot serve stale features.
+_feature_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[str, dict]]" = weakref.WeakKeyDictionary()
+
+
+def parameters_digest(model: nn.Module) -> str:
+    """SHA-1 of every parameter and buffer (names, shapes, dtypes and bytes) of ``model``."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _reference_digits(which: str) -> torch.Tensor:
+    """``"test"``: the test split; ``"held_out"``: the train digits the classifier did not see."""
     from .data import load_digits
 
-    x, _ = load_digits("test")
-    return classifier_features(x, _classifiers.get(classifier_id))
+    if which == "test":
+        return load_digits("test")[0]
+    if which == "held_out":
+        return load_digits("train")[0][torch.from_numpy(classifier_split()[1])]
+    raise ValueError(f"which must be 'test' or 'held_out', got {which!r}")
 
 
-_classifiers: dict = {}
+def _reference_features(classifier, which: str) -> torch.Tensor:
+    """Features of the reference digits ``which`` under ``classifier`` (``None``: the shipped one), cached."""
+    clf = classifier if classifier is not None else load_classifier()
+    digest = parameters_digest(clf)
+    cached = _feature_cache.get(clf)
+    if cached is None or cached[0] != digest:
+        cached = (digest, {})
+        _feature_cache[clf] = cached
+    if which not in cached[1]:
+        cached[1][which] = classifier_features(_reference_digits(which), clf)
+    return cached[1][which]
 
 
-def _ref_features(classifier):
-    if classifier is None:
-        return _test_features(None)
-    _classifiers[id(classifier)] = classifier
-    return _test_features(id(classifier))
+def _floor_features(n: int, classifier, seed: int) -> torch.Tensor:
+    """Features of ``min(n, H)`` held-out train digits, drawn without replacement with ``seed``."""
+    held = _reference_features(classifier, "held_out")
+    if n >= held.shape[0]:
+        return held
+    return held[torch.randperm(held.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def fd_digits_floor(n: int, *, classifier=None, seed: int = 0) -> float:
-    """Real-vs-real floor of FD-digits: ``n`` train-split digits (without replacement when ``n`` <= 1438)
-    against the test split."""
-    from .data import load_digits
-
-    x, _ = load_digits("train")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n] if n <= x.shape[0] else torch.randint(0, x.shape[0], (n,), generator=g)
-    return frechet_distance(classifier_features(x[idx], classifier), _ref_features(classifier))
+    """Real-vs-real floor of FD-digits: ``min(n, H)`` held-out train digits (unseen by the classifier,
+    :func:`classifier_split`; drawn without replacement with ``seed``) against the test split. For
+    ``n > H`` the floor is at ``H`` digits, where FD's small-sample bias is larger: a conservative floor."""
+    n = _check_count(n, "n", 2)
+    return frechet_distance(_floor_features(n, classifier, _check_count(seed, "seed", 0)),
+                            _reference_features(classifier, "test"))
 
 
 def fd_digits(samples, *, classifier=None, seed: int = 0) -> MetricResult:
     """FD-digits of ``samples (N, 1, 8, 8)`` in ``[-1, 1]`` against the 359 test digits, with the floor
-    (``N`` train digits vs the test digits) beside it."""
-    n = int(torch.as_tensor(samples).shape[0])
-    value = frechet_distance(classifier_features(samples, classifier), _ref_features(classifier))
+    (:func:`fd_digits_floor`) beside it. A secondary measure: FD is biased at small ``N``; the headline
+    is :func:`digits_quality`'s KID with its interval."""
+    feats = classifier_features(samples, classifier)
+    n = int(feats.shape[0])
+    value = frechet_distance(feats, _reference_features(classifier, "test"))
     return MetricResult("FD-digits", value, fd_digits_floor(n, classifier=classifier, seed=seed), n)
+
+
+# ============================================================================ estimates with intervals
+def _check_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (bools and floats refused), else a ValueError/TypeError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_z(z) -> float:
+    if isinstance(z, bool) or not isinstance(z, (int, float, np.floating, np.integer)) or not (math.isfinite(z) and z > 0):
+        raise ValueError(f"z must be a finite number > 0 (standard errors either side), got {z!r}")
+    return float(z)
+
+
+def _decimals_for(se: float) -> int:
+    """Decimal places that show ``se`` to two significant figures (and the value to the same place)."""
+    if se <= 0 or not math.isfinite(se):
+        return 4
+    return int(min(12, max(0, 1 - math.floor(math.log10(se)))))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured value with its standard error ``se`` from a sample of size ``n``.
+
+    ``interval(z)`` is ``value +- z se`` (z = 2: about 95 % for a normal sampling distribution); two
+    estimates whose intervals overlap are *not distinguishable at this n*.
+    """
+
+    name: str
+    value: float
+    se: float
+    n: int
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        for field in ("value", "se"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                raise ValueError(f"{field} must be a finite number, got {v!r}")
+            object.__setattr__(self, field, float(v))
+        if self.se < 0:
+            raise ValueError(f"se must be >= 0, got {self.se!r}")
+        object.__setattr__(self, "n", _check_count(self.n, "n"))
+
+    def interval(self, z: float = 2.0) -> tuple[float, float]:
+        """``(value - z se, value + z se)``."""
+        z = _check_z(z)
+        return (self.value - z * self.se, self.value + z * self.se)
+
+    def overlaps(self, other: "Estimate", z: float = 2.0) -> bool:
+        """Whether the ``z``-SE intervals of ``self`` and ``other`` overlap (then: not distinguishable)."""
+        if not isinstance(other, Estimate):
+            raise TypeError(f"other must be an Estimate, got {type(other).__name__}")
+        lo, hi = self.interval(z)
+        olo, ohi = other.interval(z)
+        return lo <= ohi and olo <= hi
+
+    def __str__(self) -> str:
+        d = _decimals_for(self.se)
+        return f"{self.name} {self.value:.{d}f} ± {self.se:.{d}f} (n = {self.n})"
+
+
+# ============================================================================ KID
+def _features_2d(x, name: str) -> np.ndarray:
+    """Feature matrix ``(N, d)`` as float64 numpy, finite, else a ValueError naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().to(torch.float64).numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"{name} must be a 2-D (N, d) feature matrix with d >= 1, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite: it holds NaN or inf (a sampler diverged?)")
+    return a
+
+
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel ``k(x, y) = (x.y / d + 1)^3`` (Bińkowski et al. 2018, Sec. 3), ``(N, M)`` float64."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(sxx: float, syy: float, sxy: float, m: int, n: int) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) from the off-diagonal sums of K_xx, K_yy and the sum of K_xy."""
+    return sxx / (m * (m - 1)) + syy / (n * (n - 1)) - 2.0 * sxy / (m * n)
+
+
+def kid(features_a, features_b) -> Estimate:
+    """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased estimate of the squared MMD
+    (Gretton et al. 2012, eq. 3) between feature sets ``a (m, d)`` and ``b (n, d)`` with the cubic
+    polynomial kernel :func:`polynomial_kernel`, in float64, with a standard error.
+
+    Unbiased at every sample size, so the real-vs-real value is 0 in expectation (it can be negative).
+    The standard error is the two-sample jackknife's (Arvesen 1969), computed in O(m n) from the
+    kernel matrices' row sums: consistent when the distributions differ; when they are equal the
+    statistic is degenerate and the jackknife overstates the variance (by about 2x), so an interval
+    that excludes 0 is conservative. ``Estimate.n`` is ``m``, the size of the sample being assessed."""
+    a = _features_2d(features_a, "features_a")
+    b = _features_2d(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"features_a and features_b must have the same width d; got {a.shape[1]} and {b.shape[1]}")
+    m, n = a.shape[0], b.shape[0]
+    if m < 3 or n < 3:
+        raise ValueError(f"features_a and features_b need at least 3 rows each (jackknife); got {m} and {n}")
+    kxx, kyy, kxy = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
+    rxx = kxx.sum(1) - np.diag(kxx)  # (m,) off-diagonal row sums
+    ryy = kyy.sum(1) - np.diag(kyy)  # (n,)
+    rxy, cxy = kxy.sum(1), kxy.sum(0)  # (m,), (n,)
+    sxx, syy, sxy = rxx.sum(), ryy.sum(), rxy.sum()
+    value = _mmd2_unbiased(sxx, syy, sxy, m, n)
+    loo_a = _mmd2_unbiased(sxx - 2 * rxx, syy, sxy - rxy, m - 1, n)  # (m,) leaving out a_i
+    loo_b = _mmd2_unbiased(sxx, syy - 2 * ryy, sxy - cxy, m, n - 1)  # (n,) leaving out b_j
+    var = (m - 1) / m * ((loo_a - loo_a.mean()) ** 2).sum() + (n - 1) / n * ((loo_b - loo_b.mean()) ** 2).sum()
+    return Estimate("KID", float(value), float(math.sqrt(max(var, 0.0))), m)
+
+
+# ============================================================================ precision and recall
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``(N, M)`` in float64."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.clip(d, 0.0, None)
+
+
+def _knn_radii_sq(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance from each row of ``x`` to its ``k``-th nearest other row."""
+    d = _sq_distances(x, x)
+    np.fill_diagonal(d, np.inf)
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def _coverage(points: np.ndarray, centres: np.ndarray, radii_sq: np.ndarray) -> float:
+    """Fraction of ``points`` inside at least one ball ``|p - c_i| <= r_i`` (the k-NN manifold estimate)."""
+    return float((_sq_distances(points, centres) <= radii_sq[None, :]).any(1).mean())
+
+
+def precision_recall(real_features, fake_features, *, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1-2): each set's manifold is the
+    union of balls around its points reaching their ``k``-th nearest neighbour within the set;
+    precision = fraction of fake points inside the real manifold (fidelity), recall = fraction of real
+    points inside the fake manifold (diversity). ``k = 3`` as in the paper."""
+    real = _features_2d(real_features, "real_features")
+    fake = _features_2d(fake_features, "fake_features")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real_features and fake_features must have the same width d; got {real.shape[1]} and {fake.shape[1]}")
+    k = _check_count(k, "k")
+    if k >= real.shape[0] or k >= fake.shape[0]:
+        raise ValueError(f"k must be smaller than both sample sizes ({real.shape[0]}, {fake.shape[0]}), got {k}")
+    precision = _coverage(fake, real, _knn_radii_sq(real, k))
+    recall = _coverage(real, fake, _knn_radii_sq(fake, k))
+    return precision, recall
+
+
+# ============================================================================ memorisation
+@dataclass(frozen=True)
+class MemorisationReport:
+    """Nearest-training-neighbour distances of samples beside those of held-out real data.
+
+    ``ratio = sample_median / held_out_median``: about 1 for a model that generalises like fresh data,
+    near 0 for one that reproduces its training set. ``near_copies``: samples closer to a training
+    point than the closest held-out point is (``held_out_distances.min()``)."""
+
+    sample_distances: np.ndarray
+    held_out_distances: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.sample_distances.shape[0])
+
+    @property
+    def sample_median(self) -> float:
+        return float(np.median(self.sample_distances))
+
+    @property
+    def held_out_median(self) -> float:
+        return float(np.median(self.held_out_distances))
+
+    @property
+    def ratio(self) -> float:
+        return self.sample_median / self.held_out_median
+
+    @property
+    def near_copies(self) -> int:
+        return int((self.sample_distances < self.held_out_distances.min()).sum())
+
+    def __str__(self) -> str:
+        return (f"memorisation: median nearest-training distance {self.sample_median:.3f} for samples vs "
+                f"{self.held_out_median:.3f} for held-out data (ratio {self.ratio:.2f}, n = {self.n}); "
+                f"{self.near_copies} samples nearer than any held-out point")
+
+
+def _flat_points(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().to(torch.float64)
+        x = x.reshape(x.shape[0], -1).numpy() if x.ndim >= 1 else x.numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim < 2 or a.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {a.shape}")
+    a = a.reshape(a.shape[0], -1)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite: it holds NaN or inf (a sampler diverged?)")
+    return a
+
+
+def _nearest_distances(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.sqrt(_sq_distances(points, reference).min(1))
+
+
+def memorisation(samples, *, train=None, held_out=None) -> MemorisationReport:
+    """Memorisation check (Carlini et al. 2023; Somepalli et al. 2023 use the same nearest-neighbour
+    test): Euclidean distance of each sample to its nearest *training* point, beside the same distance
+    for held-out real data the model never saw.
+
+    Defaults are the digits: ``train`` = ``load_digits("train")`` (the diffusion models' training
+    data), ``held_out`` = ``load_digits("test")``, in pixel space ``[-1, 1]^64``; samples are
+    clamped to ``[-1, 1]`` like the training data. Any ``(N, ...)`` arrays of equal point size work."""
+    from .data import load_digits
+
+    digits = train is None
+    train = load_digits("train")[0] if train is None else train
+    held_out = load_digits("test")[0] if held_out is None else held_out
+    s = _flat_points(samples, "samples")
+    tr, ho = _flat_points(train, "train"), _flat_points(held_out, "held_out")
+    if not (s.shape[1] == tr.shape[1] == ho.shape[1]):
+        raise ValueError(f"samples, train and held_out must have points of one size; got {s.shape[1]}, {tr.shape[1]}, {ho.shape[1]}")
+    if digits:
+        s = np.clip(s, -1.0, 1.0)
+    return MemorisationReport(_nearest_distances(s, tr), _nearest_distances(ho, tr))
+
+
+# ============================================================================ the digits quality report
+@dataclass(frozen=True)
+class QualityReport:
+    """The headline digits measure: KID of the samples against the test digits with its real-vs-real
+    ``floor`` (held-out train digits vs the test digits, both unseen by the classifier, at the same
+    ``n`` up to the held-out size), precision and recall, and FD-digits with its floor as a secondary
+    column."""
+
+    kid: Estimate
+    floor: Estimate
+    precision: float
+    recall: float
+    fd: float
+    fd_floor: float
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.kid.value
+
+    @property
+    def se(self) -> float:
+        return self.kid.se
+
+    def __str__(self) -> str:
+        d = _decimals_for(min(s for s in (self.kid.se, self.floor.se) if s > 0) if max(self.kid.se, self.floor.se) > 0 else 0.0)
+        return (f"KID {self.kid.value:.{d}f} ± {self.kid.se:.{d}f} (real-vs-real floor {self.floor.value:.{d}f} ± "
+                f"{self.floor.se:.{d}f}, n = {self.floor.n}); precision {self.precision:.3f}, recall {self.recall:.3f}; "
+                f"FD-digits {self.fd:.3g} (floor {self.fd_floor:.3g}); n = {self.n}")
+
+
+def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> QualityReport:
+    """Sample quality of digits ``samples (n, 1, 8, 8)`` in ``[-1, 1]`` in the classifier's feature
+    space (:func:`classifier_features`): :func:`kid` against the 359 test digits, the floor
+    :func:`kid` of ``min(n, H)`` held-out train digits (drawn without replacement with ``seed``) against
+    the same test digits -- both sides unseen by the classifier (:func:`classifier_split`) --,
+    :func:`precision_recall` with the test digits as the real set, and FD-digits
+    (:func:`frechet_distance`) for the samples and for the floor's digits."""
+    seed = _check_count(seed, "seed", 0)
+    feats = classifier_features(samples, classifier)
+    n = feats.shape[0]
+    test = _reference_features(classifier, "test")
+    floor_feats = _floor_features(n, classifier, seed)
+    precision, recall = precision_recall(test, feats, k=k)
+    floor = kid(floor_feats, test)
+    return QualityReport(kid=kid(feats, test), floor=Estimate("KID floor", floor.value, floor.se, floor.n),
+                         precision=precision, recall=recall, fd=frechet_distance(feats, test),
+                         fd_floor=frechet_distance(floor_feats, test), n=n)
+
+
+def compare(results: dict, z: float = 2.0) -> str:
+    """A small table of ``{name: Estimate | QualityReport}`` sorted by value (lowest first), each with its
+    ``z``-SE interval; between adjacent rows whose intervals overlap, "not distinguishable at this n"."""
+    if not isinstance(results, dict) or not results:
+        raise ValueError("results must be a non-empty dict {name: Estimate or QualityReport}")
+    z = _check_z(z)
+    rows = []
+    for name, r in results.items():
+        if isinstance(r, QualityReport):
+            rows.append((str(name), r.kid, r))
+        elif isinstance(r, Estimate):
+            rows.append((str(name), r, None))
+        else:
+            raise TypeError(f"results[{name!r}] must be an Estimate or a QualityReport, got {type(r).__name__}")
+    rows.sort(key=lambda row: row[1].value)
+    d = max(_decimals_for(e.se) for _, e, _ in rows if e.se > 0) if any(e.se > 0 for _, e, _ in rows) else 4
+    width = max(len(name) for name, _, _ in rows)
+    quality = any(q is not None for _, _, q in rows)
+    head = f"{'':{width}}  {rows[0][1].name:>{d + 4}}  ± SE{'':{d}}  interval (±{z:g} SE)"
+    lines = [head + ("     precision  recall  floor" if quality else "") + "     n"]
+    for i, (name, e, q) in enumerate(rows):
+        lo, hi = e.interval(z)
+        line = f"{name:{width}}  {e.value:{d + 4}.{d}f}  {e.se:{d + 4}.{d}f}  [{lo:.{d}f}, {hi:.{d}f}]"
+        if quality:
+            line += (f"  {q.precision:9.3f}  {q.recall:6.3f}  {q.floor.value:.{d}f} ± {q.floor.se:.{d}f}" if q is not None
+                     else f"  {'':9}  {'':6}  {'':5}")
+        lines.append(line + f"  {e.n:5d}")
+        if i + 1 < len(rows) and e.overlaps(rows[i + 1][1], z):
+            lines.append(f"{'':{width}}    ({name} vs {rows[i + 1][0]}: not distinguishable at this n)")
+    return "\n".join(lines)
 
 
 # ============================================================================ 2-D: sliced Wasserstein
