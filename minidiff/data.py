@@ -174,6 +174,45 @@ class GaussianMixture:
 
         return model
 
+    # ------------------------------------------------------------------ transported along an interpolant
+    def at_interpolant(self, interpolant, t: float) -> "GaussianMixture":
+        """The exact marginal ``p_t`` of ``x_t = alpha_t x_0 + sigma_t eps`` (``interpolant``: a
+        :class:`minidiff.interpolants.Interpolant`, ``t`` a float): ``sum_k w_k N(alpha mu_k, alpha^2 S_k +
+        sigma^2 I)``. Its :meth:`log_prob` is the transported density."""
+        c = interpolant.coefficients(float(t))
+        return self.noised(c.alpha, c.sigma)
+
+    def posterior_means(self, x, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[x_0 | x_t = x], E[eps | x_t = x])`` for ``x_t = alpha x_0 + sigma eps``, float64 ``(N, d)``.
+
+        Per component ``k`` (Gaussian conditioning, Bishop 2006, eq. 2.81), with ``C_k = alpha^2 S_k +
+        sigma^2 I``: ``E[x_0 | x, k] = mu_k + alpha S_k C_k^{-1} (x - alpha mu_k)``,
+        ``E[eps | x, k] = sigma C_k^{-1} (x - alpha mu_k)``, mixed by the responsibilities of ``p_t``.
+        Valid at ``alpha = 0`` or ``sigma = 0`` (not both)."""
+        marg = self.noised(alpha, sigma)
+        comp, diff = marg._component_terms(x)                        # (N, K), (K, N, d)
+        r = torch.softmax(comp, dim=1)                               # (N, K)
+        sol = torch.cholesky_solve(diff.transpose(1, 2), marg._chol)  # (K, d, N): C_k^{-1} (x - alpha mu_k)
+        x0_k = self.means[:, :, None] + alpha * torch.einsum("kij,kjn->kin", self.covs, sol)  # (K, d, N)
+        x0 = torch.einsum("nk,kdn->nd", r, x0_k)
+        eps = sigma * torch.einsum("nk,kdn->nd", r, sol)
+        return x0, eps
+
+    def velocity(self, x, t: float, interpolant) -> torch.Tensor:
+        """The exact marginal velocity ``u_t(x) = E[alpha'_t x_0 + sigma'_t eps | x_t = x]`` that transports
+        ``p_0 = self`` to ``p_1`` along ``interpolant`` (Lipman et al. 2023, eq. 8 and Thm. 1; Albergo &
+        Vanden-Eijnden 2023, Prop. 1), in ``x``'s dtype. It solves the continuity equation
+        ``d p_t / dt + div(p_t u_t) = 0`` with ``p_t`` = :meth:`at_interpolant`."""
+        c = interpolant.coefficients(float(t))
+        x0, eps = self.posterior_means(x, c.alpha, c.sigma)
+        out = c.d_alpha * x0 + c.d_sigma * eps
+        return out.to(x.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else out
+
+    def velocity_model(self, interpolant):
+        """``u(x, t) -> velocity`` with the exact field (a perfect "flow network" for the samplers of
+        :mod:`minidiff.flow`)."""
+        return lambda x, t: self.velocity(x, t, interpolant)
+
 
 # ============================================================================ digits
 @lru_cache(maxsize=1)

@@ -200,6 +200,11 @@ PRESETS: dict[str, Preset] = {
     "toy2d": Preset("toy2d", "moons", MLPConfig(dim=2, hidden=128, depth=3), steps=3000, batch_size=256,
                     lr=2e-3),
     "gmm": Preset("gmm", "gmm", MLPConfig(dim=2, hidden=128, depth=3), steps=3000, batch_size=256, lr=2e-3),
+    # flow matching (notebook 07): the same networks predicting the rectified-flow velocity
+    "fm_gmm": Preset("fm_gmm", "gmm", MLPConfig(dim=2, hidden=128, depth=3, prediction="velocity"), steps=3000,
+                     batch_size=256, lr=2e-3, objective="fm"),
+    "fm_digits": Preset("fm_digits", "digits", dataclasses.replace(DIGITS_UNET, prediction="velocity"), steps=2000,
+                        batch_size=128, lr=2e-3, objective="fm"),
 }
 
 
@@ -271,8 +276,42 @@ class DDPMObjective:
         return diffusion_loss(net, x0, schedule, time, noise.to(dtype=x0.dtype), y)
 
 
+@dataclass(frozen=True)
+class FlowMatchingObjective:
+    """Conditional flow matching (Lipman et al. 2023, eq. 23; rectified flow, Liu et al. 2023): draw
+    ``t_index ~ U{0..T-1}`` (time ``t = t_index / (T - 1)``) and ``eps ~ N(0, I)``, regress the network
+    on the conditional velocity of ``interpolant`` (a kind in :data:`minidiff.interpolants.KINDS`) by
+    :func:`minidiff.flow.flow_matching_loss`, with ``coupling`` ``"independent"``, ``"ot"`` (minibatch OT,
+    Tong et al. 2023) or ``"pairs"`` (reflow on stored ``(x_0, eps)`` pairs). The network predicts the
+    velocity (``config.prediction = "velocity"``)."""
+
+    name: str = "fm"
+    interpolant: str = "linear"
+    coupling: str = "independent"
+
+    def draw(self, g: torch.Generator, batch_size: int, shape: tuple[int, ...], schedule: Schedule):
+        t_index = torch.randint(0, schedule.T, (batch_size,), generator=g)        # (B,)
+        noise = torch.randn((batch_size,) + tuple(shape), generator=g)           # (B, ...)
+        return t_index, noise
+
+    def loss(self, net: nn.Module, x0, time, noise, y, schedule: Schedule) -> torch.Tensor:
+        from .flow import flow_matching_loss
+        from .interpolants import Interpolant
+
+        return flow_matching_loss(net, x0, time, noise, interpolant=Interpolant(self.interpolant), T=schedule.T,
+                                  y=y, coupling=self.coupling)
+
+
+@dataclass(frozen=True)
+class FlowMatchingOTObjective(FlowMatchingObjective):
+    """:class:`FlowMatchingObjective` with the minibatch optimal-transport coupling (Tong et al. 2023)."""
+
+    name: str = "fm_ot"
+    coupling: str = "ot"
+
+
 # Objective name (stored in presets and checkpoints as data) -> its class.
-OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective}
+OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective, "fm": FlowMatchingObjective, "fm_ot": FlowMatchingOTObjective}
 from .discrete import MaskedDiffusionObjective  # noqa: E402  (masked diffusion on tokens, notebook 12)
 
 OBJECTIVES["masked"] = MaskedDiffusionObjective

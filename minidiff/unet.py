@@ -31,7 +31,7 @@ __all__ = [
     "timestep_embedding", "as_eps_model", "count_parameters", "PREDICTIONS",
 ]
 
-PREDICTIONS = ("eps", "v", "x0")
+PREDICTIONS = ("eps", "v", "x0", "velocity")  # velocity: flow matching (minidiff.flow), not an eps-model
 
 
 def _check_prediction(p: str) -> None:

@@ -128,3 +128,27 @@ def test_arith_lm_generates_valid_and_correct_statements():
                           generator=torch.Generator().manual_seed(1))
     assert torch.equal(filled.x[:, :6], held[:, :6])  # the prompt is kept
     assert A.is_correct(filled.x).float().mean() >= 0.75
+
+
+def test_flow_matching_digits_meet_the_ddpm_bar_at_20_nfe():
+    """The shipped flow-matching U-Net (issue 16) reaches the DDPM model's bar with 20 network
+    evaluations (explicit midpoint, 10 steps): FD-digits <= 2x the real-vs-real floor, every class >= 5 %.
+    (Measured margin is thin: ratio 1.91 with midpoint; Heun 2.06 and Euler 2.15 at the same NFE miss it.)"""
+    from minidiff import flow
+    from minidiff.train import load_weights
+
+    f = WEIGHTS / "fm_digits.safetensors"
+    assert f.stat().st_size <= 5 * 1024 * 1024
+    info = json.loads((WEIGHTS / "fm_digits.json").read_text())
+    assert "python -m minidiff.train --preset fm_digits" in info["command"] and info["measured"]
+    model, _, _ = load_weights(f)
+    assert model.config.prediction == "velocity" and not model.training
+    x1 = torch.randn((1000, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    x = flow.integrate(flow.velocity_from_net(model), x1, flow.time_grid(10), solver="midpoint")
+    assert flow.nfe("midpoint", 10) == 20
+    fd = metrics.fd_digits(x)
+    hist = metrics.class_histogram(x)
+    assert fd.value <= 2.0 * fd.floor, str(fd)
+    assert float(hist.min()) >= 0.05, hist
+    q = metrics.digits_quality(x)   # the headline measure: KID's 2-SE interval reaches the floor's
+    assert not q.beyond_floor(2.0), str(q)
