@@ -56,8 +56,10 @@ lab: install
 test: install
 	@$(MAKE) --no-print-directory test-unit test-cudasim test-notebooks
 
+# Unit tests two at a time (one thread each, like the notebooks); the browser tests after them, on their own.
 test-unit: install
-	NUMBA_NUM_THREADS=$(CORES) $(PY) -m pytest tests -q
+	$(ONE_THREAD) $(PY) -m pytest tests -q -m "not browser" -n $(NB_WORKERS)
+	NUMBA_NUM_THREADS=$(CORES) $(PY) -m pytest tests -q -m browser
 
 test-cudasim: install
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cudasim -q -p no:cacheprovider

@@ -309,8 +309,8 @@ def log_likelihood(velocity_fn, x, ts, *, trace: str = "exact", n_probes: int = 
     ``log p_0(x_0) = log N(x_1; 0, I) + int_0^1 div u_t(x_t) dt`` along ``dx/dt = u`` from the data. Heun's
     method on the ascending grid ``ts`` (from ``ts[0]``, e.g. 0, to ``ts[-1] = 1`` where ``p_1 = N(0, I)``)
     integrates the state and the divergence together; ``trace``: ``"exact"`` or ``"hutchinson"``
-    (``n_probes`` Rademacher vectors fixed along each path) with :func:`minidiff.metrics._divergence`."""
-    from .metrics import _divergence
+    (``n_probes`` Rademacher vectors fixed along each path) with :func:`minidiff.metrics.likelihood._divergence`."""
+    from .metrics.likelihood import _divergence
 
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
