@@ -417,6 +417,8 @@ def main(argv=None):
         p.error("--repeat must be >= 1")
     if a.trajectories < 0:
         p.error("--trajectories must be >= 0")
+    if a.sizes_mb is not None and any(not (s >= 0.01) for s in a.sizes_mb):  # also refuses NaN
+        p.error(f"--sizes-mb: every size must be at least 0.01 MB, got {a.sizes_mb}")
     if a.course or a.trajectories:
         repeat = a.repeat or 3
         print(f"# {machine()}\n# {' '.join(sys.argv)}\n", flush=True)

@@ -116,9 +116,11 @@ def _like(x: torch.Tensor, other, name: str, ref: str = "x") -> torch.Tensor:
 
 
 def _check_step(seed, step):
-    if seed is not None and not isinstance(seed, (int, np.integer)):
+    from ._checks import is_int
+
+    if seed is not None and not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not isinstance(step, (int, np.integer)) or not 0 <= int(step) < 2**32:
+    if not is_int(step) or not 0 <= int(step) < 2**32:
         raise ValueError(f"step must be an int in [0, 2**32), got {step!r}")
 
 
@@ -322,11 +324,20 @@ def normal(shape, seed: int, step: int = 0, *, dtype=torch.float32, device="cpu"
     sample ``b``) is a pure function of ``(seed, b, i, step)``: Philox4x32-10 (Salmon et al. 2011)
     on the counter ``(i // 4, b, step, 0)`` keyed by the seed, then Box-Muller in float64 rounded
     once to ``dtype``. The same numbers the kernels draw in-kernel for ``seed=`` calls."""
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    from ._checks import check_count, check_int, is_int
+
+    if is_int(shape):
+        shape = (shape,)
+    elif isinstance(shape, (tuple, list, torch.Size)):
+        shape = tuple(check_count(s, f"shape[{i}]", low=0) for i, s in enumerate(shape))
+    else:  # a string would iterate into its characters, a float would truncate
+        raise TypeError(f"shape must be an int or a tuple of ints, got {type(shape).__name__} {shape!r}")
     if len(shape) < 1:
         raise ValueError("shape must have a batch dimension first")
+    shape = tuple(check_count(s, "shape", low=0) for s in shape)
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    check_int(seed, "seed")  # None is no seed: normal() has no default stream to fall back on
     _check_step(seed, step)
     device = torch.device(device)
     if device.type == "cuda":

@@ -536,3 +536,32 @@ def test_item13_presets_roundtrip_strictly_including_no_grad_clip():
     d["grad_clip"] = "1"
     with pytest.raises(ValueError, match="grad_clip"):
         Preset.from_dict(d)
+
+
+# ----------------------------------------------------------------------------------- item 18 (backend.normal), item 20 (bench CLI)
+@pytest.mark.parametrize("shape, err", [((2.7, 3.9), TypeError), ("12", TypeError), ((2, -1), ValueError),
+                                        ((True, 3), TypeError), (2.0, TypeError)])
+def test_item18_normal_refuses_shapes_that_would_truncate_or_iterate(shape, err):
+    from minidiff import backend as B
+
+    with pytest.raises(err, match="shape"):
+        B.normal(shape, 0)
+
+
+@pytest.mark.parametrize("seed", [None, True, 1.0])
+def test_item18_normal_needs_an_integer_seed(seed):
+    from minidiff import backend as B
+
+    with pytest.raises(TypeError, match="seed"):
+        B.normal((2, 3), seed)
+    assert B.normal((2, 3), 0).shape == (2, 3) and B.normal(4, 1).shape == (4,)
+
+
+@pytest.mark.parametrize("argv", [["--sizes-mb", "0"], ["--sizes-mb", "-1"], ["--sizes-mb", "nan"],
+                                  ["--repeat", "0"]])
+def test_item20_bench_cli_refuses_empty_sizes_and_repeats(argv):
+    from minidiff.kernels import bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
