@@ -44,7 +44,8 @@ def human(seconds: float) -> str:
 
 
 def header_line(entry: dict) -> str:
-    return (f"**Run time** (measured by `make course`, one notebook at a time on {entry['machine']}): "
+    how = ("two notebooks at a time, one thread each" if entry.get("jobs", 1) > 1 else "one notebook at a time")
+    return (f"**Run time** (measured by `make course`, {how}, on {entry['machine']}): "
             f"{human(entry['fast_s'])} in fast mode (`MINIDIFF_FAST=1`, what the tests run), "
             f"{human(entry['full_s'])} in full mode (the committed outputs).")
 
@@ -82,16 +83,29 @@ def _execute(path: Path, fast: bool, write: bool, store_widget_state: bool) -> f
     return elapsed
 
 
-def execute(paths: list[Path], *, store_widget_state: bool) -> None:
+def _measure(path: Path, store_widget_state: bool, jobs: int) -> dict:
+    if jobs > 1:  # several notebooks side by side on few cores: one thread each (see design notes)
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ[k] = "1"
+    load = os.getloadavg()[0]
+    full = _execute(path, fast=False, write=True, store_widget_state=store_widget_state)
+    fast = _execute(path, fast=True, write=False, store_widget_state=False)
+    entry = {"full_s": round(full, 1), "fast_s": round(fast, 1), "machine": machine(), "jobs": jobs,
+             "load_before": round(load, 2), "date": _dt.date.today().isoformat()}
+    print(f"{path.name}: full {full:.1f} s, fast {fast:.1f} s (load before {load:.2f}, {jobs} at a time)", flush=True)
+    return entry
+
+
+def execute(paths: list[Path], *, store_widget_state: bool, jobs: int = 1) -> None:
+    """Run ``paths`` (``jobs`` at a time, each in its own process) and record their times."""
+    from concurrent.futures import ProcessPoolExecutor
+
     table = json.loads(RUNTIMES.read_text()) if RUNTIMES.exists() else {}
-    for path in paths:
-        load = os.getloadavg()[0]
-        full = _execute(path, fast=False, write=True, store_widget_state=store_widget_state)
-        fast = _execute(path, fast=True, write=False, store_widget_state=False)
-        table[path.name] = {"full_s": round(full, 1), "fast_s": round(fast, 1), "machine": machine(),
-                            "load_before": round(load, 2), "date": _dt.date.today().isoformat()}
-        print(f"{path.name}: full {full:.1f} s, fast {fast:.1f} s (load before {load:.2f})", flush=True)
-        RUNTIMES.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {path.name: pool.submit(_measure, path, store_widget_state, jobs) for path in paths}
+        for name, fut in futures.items():
+            table[name] = fut.result()
+            RUNTIMES.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     write()
 
 
@@ -137,6 +151,7 @@ def main(argv=None) -> int:
     ex = sub.add_parser("execute", help="run notebooks in full mode in place, time full and fast mode, write times")
     ex.add_argument("notebooks", nargs="*", type=Path)
     ex.add_argument("--no-widget-state", action="store_true", help="do not store widget state in the notebooks")
+    ex.add_argument("--jobs", type=int, default=1, help="notebooks run side by side, one thread each (default 1)")
     sub.add_parser("write", help="re-render the run-time lines and the README course map from runtimes.json")
     args = p.parse_args(argv)
     if args.cmd == "write":
@@ -146,7 +161,9 @@ def main(argv=None) -> int:
     for path in paths:
         if not path.is_file() or path.suffix != ".ipynb":
             raise SystemExit(f"notebooks: {path} is not a notebook file")
-    execute(paths, store_widget_state=not args.no_widget_state)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    execute(paths, store_widget_state=not args.no_widget_state, jobs=args.jobs)
     return 0
 
 

@@ -35,6 +35,11 @@ NOTIFICATION_SETTINGS = {
     "@jupyterlab/apputils-extension": {
         "notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
     },
+    # JupyterLab 4 renders only the cells in view by default ("windowing"); the tests look for players
+    # anywhere in the notebook, so render every cell.
+    "@jupyterlab/notebook-extension": {
+        "tracker.jupyterlab-settings": {"windowingMode": "none"},
+    },
 }
 
 
