@@ -5,17 +5,21 @@ The loss is Ho et al. 2020, eq. 14 ("L_simple"): draw ``t_index ~ U{0..T-1}``, `
 model's ``config.prediction`` says so; Salimans & Ho 2022). Classifier-free guidance training replaces
 the label by the null label with probability ``p_uncond`` (Ho & Salimans 2022, Alg. 1).
 
-Training is a generator of frozen :class:`TrainRecord` (step, loss, lr)::
+Training is a generator of frozen :class:`TrainRecord` (step, loss, lr), built from small parts in
+nanoGPT's style: a :class:`TrainConfig` (the loop's numbers, the presets' defaults), :func:`draw_batch`
+(the step's batch), :func:`lr_at` (the learning rate), :func:`ema_decay_at` (the EMA decay)::
 
     state = TrainState.create(build_model(UNetConfig()), lr=2e-3)
-    for rec in train_steps(state, x, schedule, steps=500, batch_size=128, lr=2e-3, seed=0):
+    for rec in train_steps(state, x, schedule, TrainConfig(steps=500, batch_size=128, seed=0)):
         losses.append(rec.loss)            # plot live in a notebook
+    # keyword options override the config's fields: train_steps(state, x, schedule, steps=500, lr=1e-3)
 
 Determinism: every random draw of step ``s`` (batch indices, ``t_index``, noise, label dropout) comes
-from a generator seeded by ``(seed, s)``, so a run resumed from a checkpoint continues exactly as an
-uninterrupted one would (same thread count). Under ``torchrun`` each of the ``W`` processes draws the
-same global batch and trains on its ``1/W`` slice with DistributedDataParallel, so the run matches a
-single process with the same global batch up to floating-point summation order.
+from a generator seeded by ``(seed, s)`` (:func:`draw_batch`), so a run resumed from a checkpoint
+continues exactly as an uninterrupted one would (same thread count). Under ``torchrun`` each of the
+``W`` processes draws the same global batch and trains on its ``1/W`` slice with
+DistributedDataParallel, so the run matches a single process with the same global batch up to
+floating-point summation order. :func:`init_distributed` is the one process/device initialisation.
 
 CLI::
 
@@ -40,6 +44,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from . import _checks as _c
@@ -49,7 +54,8 @@ from .schedule import Schedule
 from .unet import MLPConfig, UNetConfig, build_model, config_from_dict, config_to_dict
 
 __all__ = [
-    "TrainRecord", "TrainState", "ScheduleSpec", "Preset", "PRESETS", "train_steps", "run", "lr_at",
+    "TrainRecord", "TrainState", "TrainConfig", "ScheduleSpec", "Preset", "PRESETS", "train_steps", "run", "lr_at",
+    "Batch", "draw_batch", "step_generator", "ema_decay_at", "init_distributed",
     "diffusion_loss", "training_data", "save_checkpoint", "load_checkpoint", "save_weights",
     "load_weights", "load_pretrained", "PRETRAINED", "main", "DDPMObjective", "OBJECTIVES", "get_objective",
 ]
@@ -57,23 +63,6 @@ __all__ = [
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
 PRETRAINED = ("digits", "digits_cond", "toy2d")
-
-
-def _check_train_args(*, steps, batch_size, lr, seed, warmup, lr_min_frac, ema_decay, grad_clip, p_uncond,
-                      weight_decay=0.0):
-    """Validate a run's numbers once, naming the argument; returns ``(steps, batch_size, lr, seed)``."""
-    steps = _c.check_count(steps, "steps")
-    batch_size = _c.check_count(batch_size, "batch_size")
-    lr = _c.check_positive(lr, "lr")
-    seed = _c.check_count(seed, "seed", low=0)
-    _c.check_count(warmup, "warmup", low=0)
-    _c.check_probability(lr_min_frac, "lr_min_frac")
-    _c.check_probability(ema_decay, "ema_decay")
-    _c.check_probability(p_uncond, "p_uncond")
-    _c.check_nonnegative(weight_decay, "weight_decay")
-    if grad_clip is not None:
-        _c.check_nonnegative(grad_clip, "grad_clip")
-    return steps, batch_size, lr, seed
 
 
 # ============================================================================ records and state
@@ -135,6 +124,49 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The numbers of a training loop (what :func:`train_steps` reads), validated once, with the same
+    defaults as :class:`Preset` (a preset's :meth:`Preset.train_config` is its loop's config).
+
+    ``lr`` follows :func:`lr_at` (linear warm-up over ``warmup`` steps, cosine decay to
+    ``lr * lr_min_frac``); ``p_uncond`` is the label-dropout probability of a class-conditional model
+    (Ho & Salimans 2022, Alg. 1); ``objective`` a name in :data:`OBJECTIVES` or an object with
+    ``draw``/``loss``; ``grad_clip=None`` turns clipping off.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    lr_min_frac: float = 0.05         # cosine decay to lr * lr_min_frac at the last step
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    p_uncond: float = 0.1             # label dropout for classifier-free guidance (conditional models)
+    seed: int = 0
+    objective: object = "ddpm"        # a key of OBJECTIVES (or an objective instance)
+
+    def __post_init__(self):
+        clean = dict(steps=_c.check_count(self.steps, "steps"),
+                     batch_size=_c.check_count(self.batch_size, "batch_size"),
+                     lr=_c.check_positive(self.lr, "lr"), seed=_c.check_count(self.seed, "seed", low=0),
+                     warmup=_c.check_count(self.warmup, "warmup", low=0),
+                     lr_min_frac=_c.check_probability(self.lr_min_frac, "lr_min_frac"),
+                     ema_decay=_c.check_probability(self.ema_decay, "ema_decay"),
+                     p_uncond=_c.check_probability(self.p_uncond, "p_uncond"),
+                     grad_clip=None if self.grad_clip is None else _c.check_nonnegative(self.grad_clip, "grad_clip"))
+        for name, v in clean.items():  # plain Python numbers from here on
+            object.__setattr__(self, name, v)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        """A copy with ``overrides``; an unknown name is a ``TypeError`` listing the fields."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown training option(s) {unknown}; the options are "
+                            f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything a training run needs. Override with ``dataclasses.replace(PRESETS["digits"], steps=...)``."""
 
@@ -163,10 +195,13 @@ class Preset:
             raise TypeError(f"Preset.model must be a UNetConfig or MLPConfig, got {type(self.model).__name__}")
         if not isinstance(self.schedule, ScheduleSpec):
             raise TypeError(f"Preset.schedule must be a ScheduleSpec, got {type(self.schedule).__name__}")
-        _check_train_args(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                          warmup=self.warmup, lr_min_frac=self.lr_min_frac, ema_decay=self.ema_decay,
-                          grad_clip=self.grad_clip, p_uncond=self.p_uncond, weight_decay=self.weight_decay)
+        self.train_config()  # validates the loop's numbers, naming the field
+        _c.check_nonnegative(self.weight_decay, "weight_decay")
         _c.check_count(self.checkpoint_every, "checkpoint_every")
+
+    def train_config(self) -> TrainConfig:
+        """The training loop's config: the fields this preset shares with :class:`TrainConfig`."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -344,99 +379,203 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1] >> 1))
 
 
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+def ema_decay_at(step: int, ema_decay: float) -> float:
+    """The EMA decay used after step ``step`` (0-based): ``min(ema_decay, (1 + step) / (10 + step))``, a
+    warm-up so the average does not remember the random initialisation for ~1/(1 - ema_decay) steps."""
+    return min(ema_decay, (1 + step) / (10 + step))
 
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * params``; buffers are copied."""
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
 
-def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, *, steps: int,
-                batch_size: int = 128, lr: float = 2e-3, seed: int = 0, labels: torch.Tensor | None = None,
-                warmup: int = 0, lr_min_frac: float = 1.0, ema_decay: float = 0.999, grad_clip: float | None = 1.0,
-                p_uncond: float = 0.1, progress: bool = False, objective="ddpm") -> Iterator[TrainRecord]:
-    """Train ``state`` from ``state.step`` up to ``steps`` total steps, yielding one record per step.
+@dataclass(frozen=True)
+class Batch:
+    """One step's training batch: ``x0`` ``(B, ...)``, class labels ``y`` ``(B,)`` after label dropout (or
+    ``None``), the objective's time coordinate ``time`` ``(B,)`` (``t_index`` for DDPM) and ``noise``
+    ``(B, ...)``, all on the data's device. ``B`` is this process's share of the global batch."""
 
-    ``data``: ``(N, ...)`` training examples (on the model's device); ``labels``: ``(N,)`` for a
-    class-conditional model (replaced by the null label with probability ``p_uncond``).
-    EMA: ``ema = d ema + (1 - d) params`` with ``d = min(ema_decay, (1 + s) / (10 + s))``.
-    Under ``torch.distributed`` the model is wrapped in DistributedDataParallel and each rank trains on
-    its slice of the same global batch (``batch_size`` must be divisible by the world size).
-    ``objective``: a name in :data:`OBJECTIVES` or an object with ``draw``/``loss`` (see :class:`DDPMObjective`).
+    x0: torch.Tensor
+    y: torch.Tensor | None
+    time: torch.Tensor
+    noise: torch.Tensor
+
+
+def _draw(seed, step, data, schedule, objective, batch_size, labels, null_label, p_uncond, rank, world) -> Batch:
+    g = step_generator(seed, step)
+    local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this rank's rows
+    idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)[local].to(data.device)   # (B,)
+    time, noise = (d[local].to(data.device) for d in objective.draw(g, batch_size, tuple(data.shape[1:]), schedule))
+    y = None
+    if labels is not None:  # classifier-free guidance training: the null label with probability p_uncond
+        drop = (torch.rand(batch_size, generator=g)[local] < p_uncond).to(data.device)
+        y = torch.where(drop, torch.full_like(labels[idx], null_label), labels[idx])
+    return Batch(data[idx], y, time, noise)
+
+
+def draw_batch(seed: int, step: int, data: torch.Tensor, schedule: Schedule, *, batch_size: int,
+               objective="ddpm", labels: torch.Tensor | None = None, null_label: int | None = None,
+               p_uncond: float = 0.0, rank: int = 0, world: int = 1) -> Batch:
+    """The batch of step ``step`` (0-based) of a run with ``seed`` -- the determinism contract.
+
+    Every random draw (example indices, the objective's ``draw``: ``t_index`` and noise for DDPM, label
+    dropout) comes from :func:`step_generator` ``(seed, step)`` in that order, so the batch is a pure
+    function of ``(seed, step)`` and the data: a resumed run draws what an uninterrupted one would.
+    The global batch of ``batch_size`` rows is drawn whole and process ``rank`` of ``world`` keeps rows
+    ``[rank B / W, (rank + 1) B / W)``, so concatenating the ranks' batches gives the single-process
+    batch, whatever the world size. ``labels`` ``(N,)`` are replaced by ``null_label`` with
+    probability ``p_uncond`` (Ho & Salimans 2022, Alg. 1).
     """
-    from tqdm.auto import tqdm
-
-    steps, batch_size, lr, seed = _check_train_args(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, lr_min_frac=lr_min_frac,
-        ema_decay=ema_decay, grad_clip=grad_clip, p_uncond=p_uncond)
-    objective = get_objective(objective)
-    world, rank = _dist()
+    seed, step = _c.check_count(seed, "seed", low=0), _c.check_count(step, "step", low=0)
+    batch_size = _c.check_count(batch_size, "batch_size")
+    world = _c.check_count(world, "world")
+    rank = _c.check_index(rank, "rank", world)
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world}")
+    _c.check_tensor(data, "data")
+    if labels is not None:
+        _c.check_tensor(labels, "labels")
+        null_label = _c.check_count(null_label, "null_label", low=0)
+    return _draw(seed, step, data, schedule, get_objective(objective), batch_size, labels, null_label,
+                 _c.check_probability(p_uncond, "p_uncond"), rank, world)
+
+
+def train_steps(state: TrainState, data: torch.Tensor, schedule: Schedule, config: TrainConfig | None = None, *,
+                labels: torch.Tensor | None = None, progress: bool = False, **options) -> Iterator[TrainRecord]:
+    """Train ``state`` from ``state.step`` up to ``config.steps`` total steps, yielding one record per step.
+
+    ``config``: a :class:`TrainConfig` (default ``TrainConfig()``, the presets' defaults); keyword
+    ``options`` override its fields (``train_steps(state, x, schedule, steps=500, lr=1e-3)``).
+    ``data``: ``(N, ...)`` training examples (on the model's device); ``labels``: ``(N,)`` for a
+    class-conditional model. Each step is nanoGPT's loop: :func:`draw_batch`, :func:`lr_at`, the
+    objective's loss, a clipped AdamW step, the EMA update (:func:`ema_decay_at`).
+    Under ``torch.distributed`` the model is wrapped in DistributedDataParallel and each rank trains on
+    its slice of the same global batch (``batch_size`` must be divisible by the world size).
+    """
+    cfg = (config if config is not None else TrainConfig()).replace(**options)
+    objective = get_objective(cfg.objective)
+    world, rank = _world_rank()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     K = getattr(state.model.config, "num_classes", 0)
     if (labels is not None) != (K > 0):
         raise ValueError("pass labels exactly when the model is class-conditional (num_classes > 0)")
-    net = state.model
-    if world > 1:
-        if state._ddp is None:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            dev = next(state.model.parameters()).device
-            state._ddp = DDP(state.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        net = state._ddp
-    local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-    device = data.device
-    N = data.shape[0]
+    net = _wrap_ddp(state, world)
     state.model.train()
-    bar = tqdm(total=steps, initial=state.step, disable=not progress or rank != 0, desc="train", leave=False)
+    bar = _progress_bar(cfg.steps, state.step, progress and rank == 0)
     try:
-        while state.step < steps:
-            s = state.step
-            g = step_generator(seed, s)
-            idx = torch.randint(0, N, (batch_size,), generator=g)[local]
-            time_draw, noise = (d[local] for d in objective.draw(g, batch_size, tuple(data.shape[1:]), schedule))
-            drop = torch.rand(batch_size, generator=g)[local] < p_uncond
-            x0 = data[idx.to(device)]
-            y = None
-            if labels is not None:
-                y = torch.where(drop.to(device), torch.full_like(labels[idx.to(device)], K), labels[idx.to(device)])
-            cur_lr = lr_at(s, lr, warmup, steps, lr_min_frac)
-            for grp in state.optimizer.param_groups:
-                grp["lr"] = cur_lr
-            loss = objective.loss(net, x0, time_draw.to(device), noise.to(device), y, schedule)
-            if not bool(torch.isfinite(loss.detach())):  # stop before the update touches the weights
-                raise _c.NonFiniteError(f"training diverged: the loss of step {s + 1} is {float(loss.detach())} "
-                                        f"(lr {cur_lr:g}); check lr, the data and batch_size. The weights "
-                                        f"are those after step {s} and nothing non-finite was saved")
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
-            state.optimizer.step()
-            _ema_update(state.ema, state.model, min(ema_decay, (1 + s) / (10 + s)))
-            state.step = s + 1
-            value = loss.detach()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(value)
-                value = value / world
-            rec = TrainRecord(step=state.step, loss=float(value), lr=cur_lr)
+        while state.step < cfg.steps:
+            batch = _draw(cfg.seed, state.step, data, schedule, objective, cfg.batch_size, labels, K, cfg.p_uncond,
+                          rank, world)
+            rec = _train_step(state, net, batch, schedule, cfg, objective, world)
             bar.update(1)
-            if state.step % 25 == 0:
+            if rec.step % 25 == 0:
                 bar.set_postfix(loss=f"{rec.loss:.4f}")
             yield rec
     finally:
         bar.close()
+
+
+def _train_step(state: TrainState, net: nn.Module, batch: Batch, schedule: Schedule, cfg: TrainConfig,
+                objective, world: int) -> TrainRecord:
+    """One optimizer step on ``batch`` at the learning rate of step ``state.step``."""
+    s = state.step
+    lr = lr_at(s, cfg.lr, cfg.warmup, cfg.steps, cfg.lr_min_frac)
+    for grp in state.optimizer.param_groups:
+        grp["lr"] = lr
+    loss = objective.loss(net, batch.x0, batch.time, batch.noise, batch.y, schedule)
+    if not bool(torch.isfinite(loss.detach())):  # stop before the update touches the weights
+        raise _c.NonFiniteError(f"training diverged: the loss of step {s + 1} is {float(loss.detach())} "
+                                f"(lr {lr:g}); check lr, the data and batch_size. The weights "
+                                f"are those after step {s} and nothing non-finite was saved")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    _ema_update(state.ema, state.model, ema_decay_at(s, cfg.ema_decay))
+    state.step = s + 1
+    return TrainRecord(step=state.step, loss=_mean_over_ranks(loss.detach(), world), lr=lr)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", leave=False)
+
+
+# ============================================================================ processes and devices
+def _launched_by_torchrun() -> bool:
+    """True only for a process started by ``torchrun`` (it sets ``TORCHELASTIC_RUN_ID`` next to
+    ``WORLD_SIZE``). A ``WORLD_SIZE > 1`` inherited from elsewhere, with no launcher and no peers, would
+    make ``init_process_group`` wait 30 minutes for ranks that never come: warn and run single-process."""
+    import warnings
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) <= 1:
+        return False
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return True
+    warnings.warn(f"WORLD_SIZE={world} is set but this process was not started by torchrun "
+                  f"(no TORCHELASTIC_RUN_ID); training single-process. Launch with torchrun for "
+                  f"multi-process training.", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _local_device() -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_distributed() -> torch.device:
+    """The one process initialisation: join the process group when started by ``torchrun`` (NCCL with
+    CUDA, gloo without), select and return this process's device."""
+    if _launched_by_torchrun() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = _local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _world_rank() -> tuple[int, int]:
+    """``(world size, rank)`` of this process: ``(1, 0)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _wrap_ddp(state: TrainState, world: int) -> nn.Module:
+    """The module to train: ``state.model``, wrapped once in DistributedDataParallel when ``world > 1``."""
+    if world == 1:
+        return state.model
+    if state._ddp is None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = next(state.model.parameters()).device
+        state._ddp = DDP(state.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return state._ddp
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """A scalar averaged over the ranks (the global batch's loss), as a Python float."""
+    if world > 1:
+        dist.all_reduce(value)
+        value = value / world
+    return float(value)
+
+
+def _shutdown_distributed(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ============================================================================ checkpoints
@@ -542,36 +681,6 @@ def pretrained_info(name: str) -> dict:
 
 
 # ============================================================================ a whole run
-def _init_distributed() -> torch.device:
-    import torch.distributed as dist
-
-    if _launched_by_torchrun() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
-
-
-def _launched_by_torchrun() -> bool:
-    """True only for a process started by ``torchrun`` (it sets ``TORCHELASTIC_RUN_ID`` next to
-    ``WORLD_SIZE``). A ``WORLD_SIZE > 1`` inherited from elsewhere, with no launcher and no peers, would
-    make ``init_process_group`` wait 30 minutes for ranks that never come: warn and run single-process."""
-    import warnings
-
-    world = os.environ.get("WORLD_SIZE", "1")
-    if not world.isdigit() or int(world) <= 1:
-        return False
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return True
-    warnings.warn(f"WORLD_SIZE={world} is set but this process was not started by torchrun "
-                  f"(no TORCHELASTIC_RUN_ID); training single-process. Launch with torchrun for "
-                  f"multi-process training.", RuntimeWarning, stacklevel=3)
-    return False
-
-
 def _param_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -661,7 +770,7 @@ def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True
     if save_ema_every is not None:
         save_ema_every = _c.check_count(save_ema_every, "save_ema_every")
     out = Path(out) if out is not None else None
-    world, rank = _dist()
+    world, rank = _world_rank()
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with ckpt.lock_folder(out, "another training run"):
@@ -673,64 +782,67 @@ def run(preset: Preset, *, out=None, resume: bool = False, progress: bool = True
 
 
 def _run(preset, out, resume, progress, device, save_ema_every, world, rank):
-    device = device or (torch.device("cpu") if world == 1 else next_device())
-    torch.manual_seed(preset.seed)
-    model = build_model(preset.model).to(device)
-    state = TrainState.create(model, lr=preset.lr, weight_decay=preset.weight_decay)
-    schedule = preset.schedule.build()
-    last = out / "last.safetensors" if out else None
-    if resume and last is not None and last.exists():
-        state, saved = load_checkpoint(last, state)
-        diff = {k for k, v in preset.to_dict().items() if saved.to_dict().get(k) != v} - {"checkpoint_every"}
-        if diff:
-            raise ValueError(f"cannot resume {last}: preset differs in {sorted(diff)}")
+    device = device or (torch.device("cpu") if world == 1 else _local_device())
+    state = _fresh_or_resumed_state(preset, out, resume, device)
     x, y = training_data(preset.data, conditional=getattr(preset.model, "num_classes", 0) > 0)
     x, y = x.to(device), (y.to(device) if y is not None else None)
-    log = None
-    if out is not None and rank == 0:
-        logf = out / "log.jsonl"
-        kept = _read_log(logf, state.step) if resume and logf.exists() else []
-        ckpt.atomic_write_text(logf, "".join(ln + "\n" for ln in kept))
-        log = ckpt.open_append(logf)
-        ckpt.atomic_write_text(out / "preset.json", json.dumps(preset.to_dict(), indent=1, sort_keys=True))
+    log = _open_log(out, preset, resume, state.step) if out is not None and rank == 0 else None
     t0 = time.perf_counter()
     try:
-        for rec in train_steps(state, x, schedule, steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
-                               seed=preset.seed, labels=y, warmup=preset.warmup, lr_min_frac=preset.lr_min_frac,
-                               ema_decay=preset.ema_decay, grad_clip=preset.grad_clip, p_uncond=preset.p_uncond,
-                               progress=progress, objective=preset.objective):
+        for rec in train_steps(state, x, preset.schedule.build(), preset.train_config(), labels=y,
+                               progress=progress):
             if log is not None:
-                log.write(json.dumps({"step": rec.step, "loss": rec.loss, "lr": rec.lr,
-                                      "time": round(time.perf_counter() - t0, 3)}) + "\n")
-                log.flush()
-                if rec.step % preset.checkpoint_every == 0 or rec.step == preset.steps:
-                    save_checkpoint(last, state, preset)
-                if save_ema_every and rec.step % save_ema_every == 0:
-                    save_weights(out / f"ema_{rec.step:06d}.safetensors", state.ema, preset.schedule,
-                                 preset=preset.name, steps=rec.step, seed=preset.seed,
-                                 time_s=round(time.perf_counter() - t0, 3))
+                _record(log, rec, state, preset, out, save_ema_every, time.perf_counter() - t0)
             yield rec
     finally:
         if log is not None:
             log.close()
     if out is not None and rank == 0:
-        save_checkpoint(last, state, preset)
+        save_checkpoint(out / "last.safetensors", state, preset)
         save_weights(out / "ema.safetensors", state.ema, preset.schedule, preset=preset.name,
                      steps=state.step, seed=preset.seed)
     if world > 1:
         _check_ranks(state, out, world, rank)
 
 
-def next_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+def _fresh_or_resumed_state(preset: Preset, out, resume: bool, device) -> TrainState:
+    """A new state seeded by ``preset.seed``, or the one in ``out/last.safetensors`` when resuming
+    (whose preset must equal ``preset`` but for ``checkpoint_every``)."""
+    torch.manual_seed(preset.seed)
+    model = build_model(preset.model).to(device)
+    state = TrainState.create(model, lr=preset.lr, weight_decay=preset.weight_decay)
+    last = out / "last.safetensors" if out else None
+    if resume and last is not None and last.exists():
+        state, saved = load_checkpoint(last, state)
+        diff = {k for k, v in preset.to_dict().items() if saved.to_dict().get(k) != v} - {"checkpoint_every"}
+        if diff:
+            raise ValueError(f"cannot resume {last}: preset differs in {sorted(diff)}")
+    return state
+
+
+def _open_log(out: Path, preset: Preset, resume: bool, step: int):
+    """``out/log.jsonl`` for appending, holding the previous run's lines up to ``step`` when resuming;
+    ``out/preset.json`` written."""
+    logf = out / "log.jsonl"
+    kept = _read_log(logf, step) if resume and logf.exists() else []
+    ckpt.atomic_write_text(logf, "".join(ln + "\n" for ln in kept))
+    ckpt.atomic_write_text(out / "preset.json", json.dumps(preset.to_dict(), indent=1, sort_keys=True))
+    return ckpt.open_append(logf)
+
+
+def _record(log, rec: TrainRecord, state: TrainState, preset: Preset, out: Path, save_ema_every, elapsed: float):
+    """Log one record; checkpoint every ``checkpoint_every`` steps and at the last; EMA snapshots."""
+    log.write(json.dumps({"step": rec.step, "loss": rec.loss, "lr": rec.lr, "time": round(elapsed, 3)}) + "\n")
+    log.flush()
+    if rec.step % preset.checkpoint_every == 0 or rec.step == preset.steps:
+        save_checkpoint(out / "last.safetensors", state, preset)
+    if save_ema_every and rec.step % save_ema_every == 0:
+        save_weights(out / f"ema_{rec.step:06d}.safetensors", state.ema, preset.schedule, preset=preset.name,
+                     steps=rec.step, seed=preset.seed, time_s=round(elapsed, 3))
 
 
 def _check_ranks(state: TrainState, out, world: int, rank: int) -> None:
     """Gather every rank's parameter digest; rank 0 writes them to ``out/ranks.json``."""
-    import torch.distributed as dist
-
     digest = torch.tensor(list(bytes.fromhex(_param_digest(state.model))), dtype=torch.int64)
     if dist.get_backend() == "nccl":
         digest = digest.cuda()
@@ -795,8 +907,8 @@ def main(argv=None) -> int:
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "ema_decay", "warmup",
                                                "checkpoint_every") if getattr(args, k) is not None}
     preset = dataclasses.replace(PRESETS[args.preset], **overrides)
-    device = _init_distributed()
-    world, rank = _dist()
+    device = init_distributed()
+    world, rank = _world_rank()
     out = Path(args.out or f"runs/{preset.name}")
     t0 = time.perf_counter()
     last = None
@@ -807,11 +919,7 @@ def main(argv=None) -> int:
         msg = f"{preset.name}: step {last.step if last else preset.steps}" + (f", loss {last.loss:.4f}" if last else "")
         print(f"{msg}, {time.perf_counter() - t0:.1f} s, {world} process(es); weights in {out / 'ema.safetensors'}",
               file=sys.stderr)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    _shutdown_distributed(world)
     return 0
 
 

@@ -14,8 +14,8 @@ import torch
 
 from minidiff import Schedule, forward
 from minidiff import checkpoint as ckpt
-from minidiff.train import (PRESETS, Preset, TrainRecord, TrainState, diffusion_loss, lr_at, step_generator,
-                            train_steps, training_data)
+from minidiff.train import (PRESETS, Preset, TrainConfig, TrainRecord, TrainState, diffusion_loss, draw_batch,
+                            ema_decay_at, get_objective, lr_at, step_generator, train_steps, training_data)
 from minidiff.unet import MLPConfig, UNetConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_records_are_frozen_and_count_steps():
     x, _ = training_data("moons")
     recs = list(train_steps(st, x, Schedule.linear(T=100), steps=4, batch_size=16, lr=1e-3, warmup=2))
     assert [r.step for r in recs] == [1, 2, 3, 4] and st.step == 4
-    assert [r.lr for r in recs] == [lr_at(s, 1e-3, 2, 4, 1.0) for s in range(4)]
+    assert [r.lr for r in recs] == [lr_at(s, 1e-3, 2, 4, TrainConfig().lr_min_frac) for s in range(4)]
     with pytest.raises(dataclasses.FrozenInstanceError):
         recs[0].loss = 0.0
     assert isinstance(recs[0], TrainRecord) and all(r.loss > 0 for r in recs)
@@ -76,6 +76,7 @@ def test_ema_update_formula():
     x, _ = training_data("moons")
     list(train_steps(st, x, Schedule.linear(T=50), steps=1, batch_size=8, lr=1e-2, ema_decay=0.999))
     d = min(0.999, 1 / 10)  # warm-up of the EMA decay at step 0
+    assert ema_decay_at(0, 0.999) == d and ema_decay_at(10**6, 0.999) == 0.999
     for e, p0, p in zip(st.ema.parameters(), init, st.model.parameters()):
         torch.testing.assert_close(e, d * p0 + (1 - d) * p.detach())
 
@@ -181,3 +182,88 @@ def test_unet_preset_trains_a_step():
     x, y = training_data("digits", conditional=True)
     rec = next(train_steps(st, x, Schedule.linear(), steps=1, batch_size=16, labels=y))
     assert rec.step == 1 and 0 < rec.loss < 10
+
+
+# ------------------------------------------------------------------ the loop's parts
+def test_train_config_defaults_agree_with_the_presets():
+    """One set of defaults: every TrainConfig field has Preset's default, and a preset's loop config
+    carries its own values."""
+    preset_defaults = {f.name: f.default for f in dataclasses.fields(Preset)}
+    for f in dataclasses.fields(TrainConfig):
+        assert preset_defaults[f.name] == f.default, f.name
+    p = PRESETS["digits"]
+    assert {f.name: getattr(p.train_config(), f.name) for f in dataclasses.fields(TrainConfig)} == \
+        {f.name: getattr(p, f.name) for f in dataclasses.fields(TrainConfig)}
+
+
+def test_train_config_validates_and_names_options():
+    with pytest.raises(TypeError, match="steps"):
+        TrainConfig(steps=2.0)
+    with pytest.raises(ValueError, match="lr_min_frac"):
+        TrainConfig(lr_min_frac=1.5)
+    with pytest.raises(TypeError, match="unknown training option.*'stepz'"):
+        next(train_steps(_state(), torch.randn(16, 2), Schedule.linear(10), stepz=3))
+
+
+def test_config_and_keyword_options_train_identically():
+    x, _ = training_data("moons")
+    sch = Schedule.linear(T=50)
+    cfg = TrainConfig(steps=5, batch_size=16, lr=1e-3, warmup=2, seed=3)
+    a = [r.loss for r in train_steps(_state(), x, sch, cfg)]
+    b = [r.loss for r in train_steps(_state(), x, sch, steps=5, batch_size=16, lr=1e-3, warmup=2, seed=3)]
+    c = [r.loss for r in train_steps(_state(), x, sch, TrainConfig(steps=5, batch_size=16), lr=1e-3, warmup=2,
+                                     seed=3)]
+    assert a == b == c
+
+
+def test_draw_batch_is_the_hand_draw_of_step_generator():
+    """The determinism contract, written out: indices, t_index, noise, then label dropout, all from
+    step_generator(seed, step) in that order."""
+    x = torch.randn(40, 3)
+    labels = torch.randint(0, 4, (40,))
+    sch = Schedule.linear(T=30)
+    b = draw_batch(7, 11, x, sch, batch_size=12, labels=labels, null_label=4, p_uncond=0.5)
+    g = step_generator(7, 11)
+    idx = torch.randint(0, 40, (12,), generator=g)
+    t_index = torch.randint(0, 30, (12,), generator=g)
+    noise = torch.randn((12, 3), generator=g)
+    drop = torch.rand(12, generator=g) < 0.5
+    assert torch.equal(b.x0, x[idx]) and torch.equal(b.time, t_index) and torch.equal(b.noise, noise)
+    assert torch.equal(b.y, torch.where(drop, torch.full_like(labels[idx], 4), labels[idx]))
+    assert 0 < int(drop.sum()) < 12  # both branches exercised
+
+
+def test_draw_batch_is_pure_and_independent_of_world_size():
+    x = torch.randn(50, 2)
+    labels = torch.randint(0, 3, (50,))
+    sch = Schedule.linear(T=20)
+    kw = dict(batch_size=8, labels=labels, null_label=3, p_uncond=0.3)
+    whole = draw_batch(1, 4, x, sch, **kw)
+    again = draw_batch(1, 4, x, sch, **kw)
+    other = draw_batch(1, 5, x, sch, **kw)
+    assert all(torch.equal(getattr(whole, k), getattr(again, k)) for k in ("x0", "y", "time", "noise"))
+    assert not torch.equal(whole.noise, other.noise)
+    for world in (2, 4, 8):
+        parts = [draw_batch(1, 4, x, sch, rank=r, world=world, **kw) for r in range(world)]
+        for k in ("x0", "y", "time", "noise"):
+            assert torch.equal(torch.cat([getattr(p, k) for p in parts]), getattr(whole, k)), (world, k)
+    with pytest.raises(ValueError, match="divisible"):
+        draw_batch(1, 4, x, sch, batch_size=6, world=4)
+    with pytest.raises(ValueError, match="rank"):
+        draw_batch(1, 4, x, sch, batch_size=8, rank=2, world=2)
+    with pytest.raises(TypeError, match="null_label"):
+        draw_batch(1, 4, x, sch, batch_size=8, labels=labels)
+
+
+def test_the_loop_trains_on_draw_batch():
+    """train_steps' first loss is the objective's loss on draw_batch(seed, 0) with the initial weights."""
+    x, _ = training_data("moons")
+    sch = Schedule.linear(T=40)
+    st = _state()
+    net = build_model(TINY)
+    net.load_state_dict(st.model.state_dict())
+    rec = next(train_steps(st, x, sch, steps=3, batch_size=16, seed=9))
+    b = draw_batch(9, 0, x, sch, batch_size=16)
+    with torch.no_grad():
+        ref = get_objective("ddpm").loss(net, b.x0, b.time, b.noise, None, sch)
+    assert rec.loss == pytest.approx(float(ref), rel=1e-6)
