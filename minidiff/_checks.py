@@ -16,7 +16,8 @@ import numbers
 import numpy as np
 
 __all__ = ["NonFiniteError", "check_int", "check_count", "check_index", "check_real", "check_positive",
-           "check_nonnegative", "check_probability", "check_tensor", "check_finite_state", "is_int"]
+           "check_nonnegative", "check_probability", "check_tensor", "check_batch", "check_t_index_array",
+           "t_index_vector", "check_finite_state", "is_int"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -92,6 +93,61 @@ def check_tensor(x, name: str):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     return x
+
+
+def check_batch(x, name: str = "x", min_ndim: int = 1, *, exact_float: bool = False):
+    """The one dtype check: ``x`` a floating torch tensor with at least ``min_ndim`` dims (batch first);
+    with ``exact_float`` (the samplers, the kernels) float32 or float64 only. Returns ``x``."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+    if exact_float and x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have a batch dimension first: expected >= {min_ndim} dims, "
+                         f"got shape {tuple(x.shape)}")
+    return x
+
+
+def check_t_index_array(t_index, T: int, name: str = "t_index") -> np.ndarray:
+    """``t_index`` (an int, a sequence, an array or a tensor) as a numpy integer array, every entry in
+    ``[0, T)``: ``TypeError`` for non-integers, ``IndexError`` for entries out of range."""
+    arr = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index)
+    if arr.dtype == object and all(is_int(v) for v in arr.reshape(-1).tolist()):
+        raise IndexError(f"{name} must lie in [0, {T - 1}] for this T={T} schedule; "
+                         f"got an integer too large for int64")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers in [0, {T}), got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= T):
+        raise IndexError(f"{name} must lie in [0, {T - 1}] for this T={T} schedule; "
+                         f"got values in [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def t_index_vector(t_index, batch: int, T: int | None = None, *, device=None, name: str = "t_index"):
+    """The one conversion of ``t_index`` to a per-sample ``(batch,)`` int64 tensor: an int (or a 1-entry
+    array) broadcasts, otherwise one entry per sample. With ``T`` every entry must lie in ``[0, T)``
+    (:func:`check_t_index_array`); without it (a network does not know ``T``) only integer dtype is
+    required, and a tensor stays on its device (no host round trip). ``device``: where the result lives."""
+    import torch
+
+    if T is not None:
+        vec = torch.as_tensor(check_t_index_array(t_index, T, name), dtype=torch.int64, device=device)
+    else:
+        vec = torch.as_tensor(t_index, device=device)
+        if vec.is_floating_point() or vec.is_complex() or vec.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {vec.dtype}")
+        vec = vec.to(torch.int64)
+    vec = vec.reshape(-1)
+    if vec.numel() == 1:
+        vec = vec.expand(batch).contiguous()
+    if vec.numel() != batch:
+        raise ValueError(f"{name} must be a scalar or have one entry per sample: expected {batch}, "
+                         f"got {vec.numel()}")
+    return vec
 
 
 def check_finite_state(x, what: str, index: int | None = None, hint: str = "") -> None:

@@ -163,12 +163,12 @@ class GaussianMixture:
         Accepts ``x`` of shape ``(N, d)`` and an int or ``(N,)`` ``t_index``."""
 
         def model(x, t_index):
-            t = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index).reshape(-1)
-            t_scalar = np.unique(t)
+            t_index = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index).reshape(-1)
+            levels = np.unique(t_index)
             out = torch.empty_like(x)
-            for ti in t_scalar:
-                ab = float(schedule.alpha_bar[int(ti)])
-                sel = slice(None) if t_scalar.size == 1 else torch.as_tensor(t == ti)
+            for level in levels:
+                ab = float(schedule.alpha_bar[int(level)])
+                sel = slice(None) if levels.size == 1 else torch.as_tensor(t_index == level)
                 out[sel] = -math.sqrt(1 - ab) * self.at_alpha_bar(ab).score(x[sel])
             return out
 
@@ -177,25 +177,25 @@ class GaussianMixture:
     # ------------------------------------------------------------------ transported along an interpolant
     def at_interpolant(self, interpolant, t: float) -> "GaussianMixture":
         """The exact marginal ``p_t`` of ``x_t = alpha_t x_0 + sigma_t eps`` (``interpolant``: a
-        :class:`minidiff.interpolants.Interpolant`, ``t`` a float): ``sum_k w_k N(alpha mu_k, alpha^2 S_k +
-        sigma^2 I)``. Its :meth:`log_prob` is the transported density."""
+        :class:`minidiff.interpolants.Interpolant`, ``t`` a float): ``sum_k w_k N(alpha_t mu_k, alpha_t^2 S_k +
+        sigma_t^2 I)``. Its :meth:`log_prob` is the transported density."""
         c = interpolant.coefficients(float(t))
-        return self.noised(c.alpha, c.sigma)
+        return self.noised(c.alpha_t, c.sigma_t)
 
-    def posterior_means(self, x, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E[x_0 | x_t = x], E[eps | x_t = x])`` for ``x_t = alpha x_0 + sigma eps``, float64 ``(N, d)``.
+    def posterior_means(self, x, alpha_t: float, sigma_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[x_0 | x_t = x], E[eps | x_t = x])`` for ``x_t = alpha_t x_0 + sigma_t eps``, float64 ``(N, d)``.
 
-        Per component ``k`` (Gaussian conditioning, Bishop 2006, eq. 2.81), with ``C_k = alpha^2 S_k +
-        sigma^2 I``: ``E[x_0 | x, k] = mu_k + alpha S_k C_k^{-1} (x - alpha mu_k)``,
-        ``E[eps | x, k] = sigma C_k^{-1} (x - alpha mu_k)``, mixed by the responsibilities of ``p_t``.
-        Valid at ``alpha = 0`` or ``sigma = 0`` (not both)."""
-        marg = self.noised(alpha, sigma)
+        Per component ``k`` (Gaussian conditioning, Bishop 2006, eq. 2.81), with ``C_k = alpha_t^2 S_k +
+        sigma_t^2 I``: ``E[x_0 | x, k] = mu_k + alpha_t S_k C_k^{-1} (x - alpha_t mu_k)``,
+        ``E[eps | x, k] = sigma_t C_k^{-1} (x - alpha_t mu_k)``, mixed by the responsibilities of ``p_t``.
+        Valid at ``alpha_t = 0`` or ``sigma_t = 0`` (not both)."""
+        marg = self.noised(alpha_t, sigma_t)
         comp, diff = marg._component_terms(x)                        # (N, K), (K, N, d)
         r = torch.softmax(comp, dim=1)                               # (N, K)
-        sol = torch.cholesky_solve(diff.transpose(1, 2), marg._chol)  # (K, d, N): C_k^{-1} (x - alpha mu_k)
-        x0_k = self.means[:, :, None] + alpha * torch.einsum("kij,kjn->kin", self.covs, sol)  # (K, d, N)
+        sol = torch.cholesky_solve(diff.transpose(1, 2), marg._chol)  # (K, d, N): C_k^{-1} (x - alpha_t mu_k)
+        x0_k = self.means[:, :, None] + alpha_t * torch.einsum("kij,kjn->kin", self.covs, sol)  # (K, d, N)
         x0 = torch.einsum("nk,kdn->nd", r, x0_k)
-        eps = sigma * torch.einsum("nk,kdn->nd", r, sol)
+        eps = sigma_t * torch.einsum("nk,kdn->nd", r, sol)
         return x0, eps
 
     def velocity(self, x, t: float, interpolant) -> torch.Tensor:
@@ -204,8 +204,8 @@ class GaussianMixture:
         Vanden-Eijnden 2023, Prop. 1), in ``x``'s dtype. It solves the continuity equation
         ``d p_t / dt + div(p_t u_t) = 0`` with ``p_t`` = :meth:`at_interpolant`."""
         c = interpolant.coefficients(float(t))
-        x0, eps = self.posterior_means(x, c.alpha, c.sigma)
-        out = c.d_alpha * x0 + c.d_sigma * eps
+        x0, eps = self.posterior_means(x, c.alpha_t, c.sigma_t)
+        out = c.d_alpha_t * x0 + c.d_sigma_t * eps
         return out.to(x.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else out
 
     def velocity_model(self, interpolant):

@@ -43,6 +43,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from . import _checks as _c
 from .samplers import Step
 
 __all__ = [
@@ -146,9 +147,9 @@ class DiscreteSchedule:
 
     def beta(self, t_index: int) -> float:
         """``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}`` (1 once ``alpha_bar_{t-1} = 0``)."""
-        t = self._t(t_index)
-        prev = self.alpha_bar_prev(t)
-        return 1.0 if prev == 0 else 1.0 - float(self.alpha_bar[t]) / prev
+        t_index = self._t_index(t_index)
+        prev = self.alpha_bar_prev(t_index)
+        return 1.0 if prev == 0 else 1.0 - float(self.alpha_bar[t_index]) / prev
 
     def Q(self, t_index: int) -> np.ndarray:
         """The one-step matrix ``Q_t`` from the previous state to ``t_index``."""
@@ -156,19 +157,15 @@ class DiscreteSchedule:
 
     def Q_bar(self, t_index: int) -> np.ndarray:
         """``Qbar_t = alpha_bar_t I + (1 - alpha_bar_t) 1 pi^T``; ``t_index = -1`` gives ``I``."""
-        ab = 1.0 if t_index == -1 else float(self.alpha_bar[self._t(t_index)])
+        ab = 1.0 if t_index == -1 else float(self.alpha_bar[self._t_index(t_index)])
         return ab * np.eye(self.K) + (1.0 - ab) * np.outer(np.ones(self.K), self.pi)
 
-    def _t(self, t_index) -> int:
-        if isinstance(t_index, bool) or not isinstance(t_index, (int, np.integer)) or not 0 <= t_index < self.T:
-            raise ValueError(f"t_index must be an int in [0, {self.T - 1}], got {t_index!r}")
-        return int(t_index)
+    def _t_index(self, t_index) -> int:
+        return _c.check_index(t_index, "t_index", self.T)
 
 
 def _check_int(n, name, low=1):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {n!r}")
-    return int(n)
+    return _c.check_count(n, name, low)
 
 
 # ============================================================================ closed forms
@@ -195,8 +192,8 @@ def _probs(p, K: int, name: str) -> torch.Tensor:
 def q_probs(x0, t_index: int, schedule: DiscreteSchedule) -> torch.Tensor:
     """``q(x_t | x_0) = alpha_bar_t onehot(x_0) + (1 - alpha_bar_t) pi``: float64 ``(..., K)`` for
     token ids ``x0`` (``(...)``) or for a distribution over ``x_0`` (float ``(..., K)``: ``p Qbar_t``)."""
-    t = schedule._t(t_index)
-    ab, pi = float(schedule.alpha_bar[t]), torch.as_tensor(schedule.pi)
+    t_index = schedule._t_index(t_index)
+    ab, pi = float(schedule.alpha_bar[t_index]), torch.as_tensor(schedule.pi)
     p0 = (torch.nn.functional.one_hot(_tokens(x0, schedule.K, "x0"), schedule.K).double()
           if not x0.is_floating_point() else _probs(x0, schedule.K, "x0").double())
     return ab * p0 + (1.0 - ab) * pi.to(p0.device) * p0.sum(-1, keepdim=True)
@@ -206,7 +203,7 @@ def q_sample(x0, t_index: int, schedule: DiscreteSchedule, *, generator: torch.G
     """A draw of ``x_t ~ q(x_t | x_0)`` token by token: keep ``x_0`` with probability ``alpha_bar_t``,
     else draw from ``pi`` (the same law as :func:`q_probs`)."""
     x0 = _tokens(x0, schedule.K, "x0")
-    ab = float(schedule.alpha_bar[schedule._t(t_index)])
+    ab = float(schedule.alpha_bar[schedule._t_index(t_index)])
     keep = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < ab
     if schedule.kind == "absorbing":
         other = torch.full_like(x0, schedule.K - 1)
@@ -219,12 +216,12 @@ def posterior_probs(x_t, x0, t_index: int, schedule: DiscreteSchedule) -> torch.
     """``q(x_{t-1} | x_t, x_0) = Q_t[:, x_t] * Qbar_{t-1}[x_0, :] / Qbar_t[x_0, x_t]`` (Austin et al.
     2021, eq. 3): float64 ``(..., K)`` for token ids ``x_t`` and ``x0`` of the same shape. At
     ``t_index = 0`` it is ``onehot(x_0)``. Pairs with ``q(x_t | x_0) = 0`` (impossible) raise."""
-    t = schedule._t(t_index)
+    t_index = schedule._t_index(t_index)
     x_t, x0 = _tokens(x_t, schedule.K, "x_t"), _tokens(x0, schedule.K, "x0")
     if x_t.shape != x0.shape:
         raise ValueError(f"x_t and x0 must have the same shape, got {tuple(x_t.shape)} and {tuple(x0.shape)}")
-    Q = torch.as_tensor(schedule.Q(t)).to(x_t.device)            # (K, K)
-    Qb_prev = torch.as_tensor(schedule.Q_bar(t - 1)).to(x_t.device)
+    Q = torch.as_tensor(schedule.Q(t_index)).to(x_t.device)            # (K, K)
+    Qb_prev = torch.as_tensor(schedule.Q_bar(t_index - 1)).to(x_t.device)
     num = Q.T[x_t] * Qb_prev[x0]                                  # (..., K): Q[j, x_t] Qbar_{t-1}[x0, j]
     den = num.sum(-1, keepdim=True)                               # = Qbar_t[x0, x_t] (Chapman-Kolmogorov)
     if bool((den == 0).any()):
@@ -238,9 +235,9 @@ def _posterior_table(x_t, t_index: int, schedule: DiscreteSchedule) -> torch.Ten
     K = schedule.K
     ks = torch.arange(K, device=x_t.device).expand(*x_t.shape, K)             # (..., K)
     xt = x_t.unsqueeze(-1).expand(*x_t.shape, K)
-    t = schedule._t(t_index)
-    Q = torch.as_tensor(schedule.Q(t)).to(x_t.device)
-    Qb_prev = torch.as_tensor(schedule.Q_bar(t - 1)).to(x_t.device)
+    t_index = schedule._t_index(t_index)
+    Q = torch.as_tensor(schedule.Q(t_index)).to(x_t.device)
+    Qb_prev = torch.as_tensor(schedule.Q_bar(t_index - 1)).to(x_t.device)
     num = Q.T[xt] * Qb_prev[ks]                                               # (..., K, K)
     den = num.sum(-1, keepdim=True)                                           # Qbar_t[k, x_t]
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
@@ -291,8 +288,8 @@ def masked_weight(t_index, schedule: DiscreteSchedule):
         raise ValueError("masked_weight is the absorbing kernel's weight; use vb_kl for other kernels")
     ab = torch.as_tensor(schedule.alpha_bar)
     ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
-    t = torch.as_tensor(t_index)
-    return (ab_prev[t] - ab[t]) / (1.0 - ab[t])
+    t_index = torch.as_tensor(t_index)
+    return (ab_prev[t_index] - ab[t_index]) / (1.0 - ab[t_index])
 
 
 def masked_diffusion_loss(logits, x0, x_t, weight, mask_id: int) -> torch.Tensor:
@@ -361,11 +358,11 @@ def ancestral(denoiser: Callable, x_T, schedule: DiscreteSchedule, *, generator:
 
     x = _tokens(x_T, schedule.K, "x_T")
     seed = _seed(generator)
-    for i, t in enumerate(range(schedule.T - 1, -1, -1)):
-        p0 = _denoise(denoiser, x, t, K=schedule.K)
-        probs = reverse_probs(x, p0, t, schedule)
+    for i, t_index in enumerate(range(schedule.T - 1, -1, -1)):
+        p0 = _denoise(denoiser, x, t_index, K=schedule.K)
+        probs = reverse_probs(x, p0, t_index, schedule)
         x = _backend.categorical(probs, seed=seed, step=i, backend=backend)
-        yield Step(index=i, x=x, x0=p0.argmax(-1), t_index=t)
+        yield Step(index=i, x=x, x0=p0.argmax(-1), t_index=t_index)
 
 
 def _reveal_counts(masked: torch.Tensor, steps_left: int, per_step: int | None) -> torch.Tensor:
@@ -482,7 +479,7 @@ class TokenTable:
         """The exact ``p(x_0^l = k | x_t)`` per position: float64 ``(B, L, K)``, from
         ``p(x_0 | x_t) ∝ p(x_0) prod_l Qbar_t[x_0^l, x_t^l]`` summed over the table."""
         x_t = _tokens(x_t, schedule.K, "x_t")
-        Qb = torch.as_tensor(schedule.Q_bar(schedule._t(t_index)))
+        Qb = torch.as_tensor(schedule.Q_bar(schedule._t_index(t_index)))
         lik = Qb[self.strings.unsqueeze(0), x_t.unsqueeze(1)].prod(-1)          # (B, N)
         return self._marginals(self._posterior_weights(lik), schedule.K)
 

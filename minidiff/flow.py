@@ -26,7 +26,7 @@ import torch
 
 from . import backend as _backend
 from .interpolants import Interpolant, convert
-from .samplers import Step, _check_count, _check_x, _evaluate
+from .samplers import Step, _check_count, _check_x, _evaluate, _t_index_vector
 
 __all__ = [
     "time_grid", "euler", "heun", "midpoint", "SOLVERS", "nfe", "integrate",
@@ -178,7 +178,7 @@ def velocity_from_net(net, T: int = 1000, y=None):
     """``velocity_fn(x, t)`` from a network ``net(x, t_index, y)`` trained with :func:`flow_matching_loss`
     on ``T`` time levels: ``t_index = round(t (T - 1))``. Gradients off unless ``x.requires_grad``."""
     def velocity_fn(x, t):
-        t_index = torch.full((x.shape[0],), time_to_index(t, T), dtype=torch.int64, device=x.device)
+        t_index = _t_index_vector(time_to_index(t, T), x)
         with (torch.enable_grad() if x.requires_grad else torch.no_grad()):
             return net(x, t_index, y)
     return velocity_fn
@@ -193,7 +193,7 @@ def velocity_from_eps_model(eps_model, schedule, interpolant: Interpolant):
     ``alpha_bar`` and ``exp(-B(t))``)."""
     def velocity_fn(x, t):
         t_index = int(schedule.t_to_t_index(max(float(t), 1.0 / schedule.T)))
-        eps = eps_model(x, torch.full((x.shape[0],), t_index, dtype=torch.int64, device=x.device))
+        eps = eps_model(x, _t_index_vector(t_index, x))
         return convert(eps, x, float(t), interpolant, source="eps", target="velocity")
     return velocity_fn
 

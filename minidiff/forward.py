@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks as _c
 from .schedule import Schedule, append_dims
 
 __all__ = [
@@ -20,27 +21,9 @@ __all__ = [
 
 
 def check_batch(x, name: str = "x", min_ndim: int = 1):
-    """Raise unless ``x`` is a floating torch tensor with at least ``min_ndim`` dims (batch first)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
-    if x.ndim < min_ndim:
-        raise ValueError(f"{name} must have a batch dimension first: expected >= {min_ndim} dims, "
-                         f"got shape {tuple(x.shape)}")
-    return x
-
-
-def _t_index_tensor(t_index, batch: int, schedule: Schedule) -> torch.Tensor:
-    """A ``(batch,)`` int64 tensor from an int or a per-sample array, checked against the schedule."""
-    arr = schedule.check_t_index(t_index)
-    t = torch.as_tensor(arr, dtype=torch.int64).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(batch)
-    if t.numel() != batch:
-        raise ValueError(f"t_index must be a scalar or have one entry per sample: expected {batch}, "
-                         f"got {t.numel()}")
-    return t
+    """Raise unless ``x`` is a floating torch tensor with at least ``min_ndim`` dims (batch first)
+    (:func:`minidiff._checks.check_batch`)."""
+    return _c.check_batch(x, name, min_ndim)
 
 
 def q_sample(x0, t_index, noise, schedule: Schedule, *, backend: str | None = None):
@@ -53,18 +36,10 @@ def q_sample(x0, t_index, noise, schedule: Schedule, *, backend: str | None = No
     """
     from . import backend as _backend
 
-    check_batch(x0, "x0")
-    t = _t_index_tensor(t_index, x0.shape[0], schedule)
+    check_batch(x0, "x0")  # a torch tensor here; t_index and a noise tensor are checked by the backend, once
     if not isinstance(noise, torch.Tensor):
-        from ._checks import check_count
-
-        check_count(noise, "noise (a tensor shaped like x0, or an int seed)", low=0)  # True is no seed
-    else:
-        if noise.shape != x0.shape:
-            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        if noise.dtype != x0.dtype:
-            raise TypeError(f"noise must have x0's dtype {x0.dtype}, got {noise.dtype}")
-    return _backend.q_sample(x0, t, noise, schedule, backend=backend)
+        _c.check_count(noise, "noise (a tensor shaped like x0, or an int seed)", low=0)  # True is no seed
+    return _backend.q_sample(x0, t_index, noise, schedule, backend=backend)
 
 
 def q_posterior(x0, x_t, t_index, schedule: Schedule):
@@ -77,11 +52,11 @@ def q_posterior(x0, x_t, t_index, schedule: Schedule):
     check_batch(x_t, "x_t")
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 and x_t must have the same shape, got {tuple(x0.shape)} and {tuple(x_t.shape)}")
-    t = _t_index_tensor(t_index, x0.shape[0], schedule).numpy()
-    ab, ab_prev = schedule.at("alpha_bar", t, x0), schedule.at("alpha_bar_prev", t, x0)
-    beta, alpha = schedule.at("betas", t, x0), schedule.at("alphas", t, x0)
-    mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
-    return mean, schedule.at("posterior_variance", t, x0)
+    t_index = _c.t_index_vector(t_index, x0.shape[0], schedule.T).numpy()
+    ab, ab_prev = schedule.at("alpha_bar", t_index, x0), schedule.at("alpha_bar_prev", t_index, x0)
+    beta, alphas = schedule.at("betas", t_index, x0), schedule.at("alphas", t_index, x0)  # alphas = 1 - beta
+    mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alphas.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+    return mean, schedule.at("posterior_variance", t_index, x0)
 
 
 # --------------------------------------------------------------------------- conversions

@@ -6,25 +6,25 @@ Convention (the course's): ``x_0`` is the data, ``eps ~ N(0, I)`` the source, ``
 (data) to ``1`` (noise), and sampling integrates ``dx/dt = u_t(x)`` from ``t = 1`` down to ``0``. Three
 interpolants, each an immutable :class:`Interpolant`:
 
-* ``linear`` -- rectified flow / conditional OT path: ``alpha = 1 - t``, ``sigma = t`` (Liu et al. 2023,
+* ``linear`` -- rectified flow / conditional OT path: ``alpha_t = 1 - t``, ``sigma_t = t`` (Liu et al. 2023,
   eq. 1; Lipman et al. 2023, eq. 20 with ``sigma_min = 0``); conditional velocity ``eps - x_0``.
-* ``trig`` -- ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` (Albergo & Vanden-Eijnden 2023, Sec. 3):
+* ``trig`` -- ``alpha_t = cos(pi t / 2)``, ``sigma_t = sin(pi t / 2)`` (Albergo & Vanden-Eijnden 2023, Sec. 3):
   variance preserving with a constant angular speed.
-* ``vp`` -- the DDPM/VP path in continuous time, ``alpha = exp(-B(t)/2)``, ``sigma = sqrt(1 - alpha^2)``,
-  read from :class:`minidiff.sde.VPSDE` (Song et al. 2021b, eq. 29), so ``alpha^2`` is the DDPM
+* ``vp`` -- the DDPM/VP path in continuous time, ``alpha_t = exp(-B(t)/2)``, ``sigma_t = sqrt(1 - alpha_t^2)``,
+  read from :class:`minidiff.sde.VPSDE` (Song et al. 2021b, eq. 29), so ``alpha_t^2`` is the DDPM
   ``alpha_bar`` of :meth:`minidiff.sde.VPSDE.to_schedule`.
 
 Prediction kinds, one meaning each (all at the same ``(x_t, t)``):
 
-* ``eps`` -- the noise; ``x0`` -- the data; ``score`` -- ``grad log p_t(x_t) = -E[eps | x_t] / sigma``
+* ``eps`` -- the noise; ``x0`` -- the data; ``score`` -- ``grad log p_t(x_t) = -E[eps | x_t] / sigma_t``
   (Vincent 2011);
-* ``v`` -- ``alpha eps - sigma x_0`` (Salimans & Ho 2022, Sec. 4; for VP paths ``d x_t / d phi`` with
-  ``phi = atan(sigma / alpha)``);
-* ``velocity`` -- ``u = alpha' x_0 + sigma' eps`` (the time derivative of the path; its posterior mean is
+* ``v`` -- ``alpha_t eps - sigma_t x_0`` (Salimans & Ho 2022, Sec. 4; for VP paths ``d x_t / d phi`` with
+  ``phi = atan(sigma_t / alpha_t)``);
+* ``velocity`` -- ``u = alpha_t' x_0 + sigma_t' eps`` (the time derivative of the path; its posterior mean is
   the marginal velocity field, Lipman et al. 2023, Thm. 1; Albergo & Vanden-Eijnden 2023, Prop. 1).
 
 Every conversion goes through the pair ``(x_0, eps)``: :func:`to_x0_eps` solves the 2x2 linear system
-``x_t = alpha x_0 + sigma eps``, ``pred = a x_0 + b eps`` once, :func:`from_x0_eps` forms the target.
+``x_t = alpha_t x_0 + sigma_t eps``, ``pred = a x_0 + b eps`` once, :func:`from_x0_eps` forms the target.
 """
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ PREDICTION_KINDS = ("eps", "x0", "v", "score", "velocity")
 class Coefficients:
     """``alpha_t``, ``sigma_t`` and their time derivatives at one ``t`` (floats) or per sample (tensors)."""
 
-    alpha: float | torch.Tensor
-    sigma: float | torch.Tensor
-    d_alpha: float | torch.Tensor
-    d_sigma: float | torch.Tensor
+    alpha_t: float | torch.Tensor
+    sigma_t: float | torch.Tensor
+    d_alpha_t: float | torch.Tensor
+    d_sigma_t: float | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,12 @@ class Interpolant:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def linear(cls) -> "Interpolant":
-        """Rectified flow (Liu et al. 2023): ``alpha = 1 - t``, ``sigma = t``."""
+        """Rectified flow (Liu et al. 2023): ``alpha_t = 1 - t``, ``sigma_t = t``."""
         return cls("linear")
 
     @classmethod
     def trig(cls) -> "Interpolant":
-        """``alpha = cos(pi t/2)``, ``sigma = sin(pi t/2)`` (Albergo & Vanden-Eijnden 2023)."""
+        """``alpha_t = cos(pi t/2)``, ``sigma_t = sin(pi t/2)`` (Albergo & Vanden-Eijnden 2023)."""
         return cls("trig")
 
     @classmethod
@@ -92,7 +92,7 @@ class Interpolant:
 
     @property
     def t_min(self) -> float:
-        """The smallest time a velocity may be evaluated at: 0, except VP (``sigma' -> inf`` at 0)."""
+        """The smallest time a velocity may be evaluated at: 0, except VP (``sigma_t' -> inf`` at 0)."""
         return 1e-3 if self.kind == "vp" else 0.0
 
     # ------------------------------------------------------------------ coefficients
@@ -103,12 +103,12 @@ class Interpolant:
             c, s, w = math.cos(0.5 * math.pi * t), math.sin(0.5 * math.pi * t), 0.5 * math.pi
             return c, s, -w * s, w * c
         a, s = self.sde.mean_scale(t), self.sde.marginal_std(t)
-        d_a = self.sde.drift_coef(t) * a                       # d/dt exp(-B/2) = -beta/2 alpha
-        d_s = -a * d_a / s if s > 0 else math.inf              # sigma^2 = 1 - alpha^2
+        d_a = self.sde.drift_coef(t) * a                       # d/dt exp(-B/2) = -beta/2 alpha_t
+        d_s = -a * d_a / s if s > 0 else math.inf              # sigma_t^2 = 1 - alpha_t^2
         return a, s, d_a, d_s
 
     def coefficients(self, t) -> Coefficients:
-        """``(alpha, sigma, d_alpha, d_sigma)`` at ``t``: a float in ``[0, 1]`` (floats back) or a ``(B,)``
+        """``(alpha_t, sigma_t, d_alpha_t, d_sigma_t)`` at ``t``: a float in ``[0, 1]`` (floats back) or a ``(B,)``
         tensor of times (float64 tensors back)."""
         if isinstance(t, torch.Tensor) and t.ndim > 0:
             vals = [self._scalar(check_t(ti)) for ti in t.detach().cpu().reshape(-1).tolist()]
@@ -116,32 +116,32 @@ class Interpolant:
             return Coefficients(*cols)
         return Coefficients(*self._scalar(check_t(t)))
 
-    def alpha(self, t):
-        return self.coefficients(t).alpha
+    def alpha_t(self, t):
+        return self.coefficients(t).alpha_t
 
-    def sigma(self, t):
-        return self.coefficients(t).sigma
+    def sigma_t(self, t):
+        return self.coefficients(t).sigma_t
 
     def log_snr(self, t):
         """``log(alpha_t^2 / sigma_t^2)`` (Kingma et al. 2021); ``+inf`` at ``t = 0``."""
         c = self.coefficients(t)
-        if isinstance(c.alpha, torch.Tensor):
-            return 2.0 * (torch.log(c.alpha) - torch.log(c.sigma))
-        if c.sigma == 0:
+        if isinstance(c.alpha_t, torch.Tensor):
+            return 2.0 * (torch.log(c.alpha_t) - torch.log(c.sigma_t))
+        if c.sigma_t == 0:
             return math.inf
-        return -math.inf if c.alpha == 0 else 2.0 * math.log(c.alpha / c.sigma)
+        return -math.inf if c.alpha_t == 0 else 2.0 * math.log(c.alpha_t / c.sigma_t)
 
     # ------------------------------------------------------------------ the path and its target
     def sample(self, x0, t, noise):
         """``x_t = alpha_t x_0 + sigma_t eps``; ``t`` a float or ``(B,)`` times."""
         c = _like(self.coefficients(t), x0)
-        return c.alpha * x0 + c.sigma * noise
+        return c.alpha_t * x0 + c.sigma_t * noise
 
     def conditional_velocity(self, x0, t, noise):
-        """``d x_t / dt = alpha'_t x_0 + sigma'_t eps``: the regression target of conditional flow matching
+        """``d x_t / dt = alpha_t' x_0 + sigma_t' eps``: the regression target of conditional flow matching
         (Lipman et al. 2023, eq. 23; for linear, ``eps - x_0``, Liu et al. 2023, eq. 1)."""
         c = _like(self.coefficients(t), x0)
-        return c.d_alpha * x0 + c.d_sigma * noise
+        return c.d_alpha_t * x0 + c.d_sigma_t * noise
 
     def convert(self, pred, x_t, t, *, source: str, target: str):
         """:func:`convert` with this interpolant."""
@@ -158,32 +158,32 @@ def _like(c: Coefficients, x: torch.Tensor) -> Coefficients:
         if isinstance(v, torch.Tensor):
             return append_dims(v.to(dtype=x.dtype, device=x.device), x.ndim)
         return v
-    return Coefficients(cast(c.alpha), cast(c.sigma), cast(c.d_alpha), cast(c.d_sigma))
+    return Coefficients(cast(c.alpha_t), cast(c.sigma_t), cast(c.d_alpha_t), cast(c.d_sigma_t))
 
 
 # --------------------------------------------------------------------------- conversions
 def _pair(kind: str, c: Coefficients):
     """``(a, b)`` with ``pred = a x_0 + b eps`` for a prediction of ``kind`` (score handled apart)."""
-    return {"eps": (0.0, 1.0), "x0": (1.0, 0.0), "v": (-c.sigma, c.alpha), "velocity": (c.d_alpha, c.d_sigma)}[kind]
+    return {"eps": (0.0, 1.0), "x0": (1.0, 0.0), "v": (-c.sigma_t, c.alpha_t), "velocity": (c.d_alpha_t, c.d_sigma_t)}[kind]
 
 
 def to_x0_eps(pred, x_t, c: Coefficients, kind: str):
-    """``(x_0, eps)`` from ``x_t`` and a prediction of ``kind``: solve ``x_t = alpha x_0 + sigma eps``,
-    ``pred = a x_0 + b eps`` (Cramer's rule, determinant ``alpha b - sigma a``); ``score`` first becomes
-    ``eps = -sigma score``."""
+    """``(x_0, eps)`` from ``x_t`` and a prediction of ``kind``: solve ``x_t = alpha_t x_0 + sigma_t eps``,
+    ``pred = a x_0 + b eps`` (Cramer's rule, determinant ``alpha_t b - sigma_t a``); ``score`` first becomes
+    ``eps = -sigma_t score``."""
     if kind == "score":
-        pred, kind = -c.sigma * pred, "eps"
+        pred, kind = -c.sigma_t * pred, "eps"
     a, b = _pair(kind, c)
-    det = c.alpha * b - c.sigma * a
-    x0 = (b * x_t - c.sigma * pred) / det
-    eps = (c.alpha * pred - a * x_t) / det
+    det = c.alpha_t * b - c.sigma_t * a
+    x0 = (b * x_t - c.sigma_t * pred) / det
+    eps = (c.alpha_t * pred - a * x_t) / det
     return x0, eps
 
 
 def from_x0_eps(x0, eps, c: Coefficients, kind: str):
-    """The prediction of ``kind`` from ``(x_0, eps)``: ``a x_0 + b eps``, or ``-eps / sigma`` for ``score``."""
+    """The prediction of ``kind`` from ``(x_0, eps)``: ``a x_0 + b eps``, or ``-eps / sigma_t`` for ``score``."""
     if kind == "score":
-        return -eps / c.sigma
+        return -eps / c.sigma_t
     a, b = _pair(kind, c)
     return a * x0 + b * eps
 

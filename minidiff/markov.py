@@ -260,7 +260,7 @@ def exact_reverse_chain(x_T, schedule: Schedule, support, weights, *,
     ``(T + 1, N)`` ordered like :func:`gaussian_chain` (index 0 = data, index ``i + 1`` = ``t_index = i``)."""
     x = torch.as_tensor(x_T, dtype=torch.float64).reshape(-1)
     out = [x]
-    for t in reversed(range(schedule.T)):
-        x = exact_reverse_step(x, t, schedule, support, weights, generator=generator)
+    for t_index in reversed(range(schedule.T)):
+        x = exact_reverse_step(x, t_index, schedule, support, weights, generator=generator)
         out.append(x)
     return torch.stack(out[::-1])

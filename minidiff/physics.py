@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _checks as _c
+
 __all__ = [
     "gaussian_kernel", "periodic_grid", "heat_solution_periodic", "ftcs_ratio", "ftcs_amplification",
     "solve_heat_1d", "solve_heat_2d", "ConvergenceResult", "ftcs_convergence", "observed_orders",
@@ -86,8 +88,7 @@ def _as_batch(u0, spatial: int) -> tuple[np.ndarray, bool]:
 
 
 def _solve(step_fn, u0, spatial, D, dt, dx, n_steps, every, bc, allow_unstable, backend):
-    if not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
-        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+    n_steps = _c.check_count(n_steps, "n_steps", low=0)
     u, squeeze = _as_batch(u0, spatial)
     snaps = [u.copy()] if every else None
     for k in range(1, int(n_steps) + 1):
@@ -186,8 +187,6 @@ def simulate_walkers(n_walkers: int, D: float, dt: float, n_steps: int, *, dim: 
     depend on how many walkers run beside it. Returns ``(times, paths)``: ``times`` ``(S,)`` and
     ``paths`` ``(S, n_walkers, dim)`` float64 at steps ``0, every, 2 every, ...``."""
     from . import backend as B
-
-    from . import _checks as _c
 
     n_walkers, dim, every = (_c.check_count(v, k) for v, k in ((n_walkers, "n_walkers"), (dim, "dim"),
                                                                (every, "every")))

@@ -86,7 +86,7 @@ def plugin_reverse_chain(x_T, schedule: Schedule, support, weights, *,
     Returns ``(T + 1, N)`` ordered like :func:`minidiff.markov.exact_reverse_chain` (row 0 = the samples)."""
     x = _as_1d(x_T)
     out = [x]
-    for t in reversed(range(schedule.T)):
-        x = plugin_reverse_step(x, t, schedule, support, weights, generator=generator)
+    for t_index in reversed(range(schedule.T)):
+        x = plugin_reverse_step(x, t_index, schedule, support, weights, generator=generator)
         out.append(x)
     return torch.stack(out[::-1])

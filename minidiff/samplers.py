@@ -39,7 +39,6 @@ import torch
 
 from . import _checks
 from . import backend as _backend
-from .forward import check_batch
 from .schedule import Schedule
 from .sde import check_t, tweedie_x0
 
@@ -112,9 +111,7 @@ def _noise_source(generator, noise, needed: bool = True) -> _Noise:
 
 
 def _check_x(x, name: str) -> torch.Tensor:
-    check_batch(x, name)
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    _checks.check_batch(x, name, exact_float=True)
     _checks.check_finite_state(x, name)
     return x
 
@@ -149,7 +146,8 @@ def _evaluate(fn, name: str, x: torch.Tensor, *args, index: int | None = None) -
 
 
 def _t_index_vector(t_index: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), int(t_index), dtype=torch.int64, device=x.device)  # (B,)
+    """The sampler's own ``t_index`` (an int) as the model's ``(B,)`` int64 input on ``x``'s device."""
+    return _checks.t_index_vector(int(t_index), x.shape[0], device=x.device)  # (B,)
 
 
 # ============================================================================ discrete-time samplers
@@ -177,9 +175,9 @@ def _ddpm(model, x, schedule, src, clip_x0, backend):
 def ddim(model, x_T, schedule: Schedule, n_steps: int, *, eta: float = 0.0,
          generator: torch.Generator | None = None, clip_x0=None, noise=None,
          backend: str | None = None) -> Iterator[Step]:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12, with ``sigma_t(eta)`` of eq. 16) on the ``n_steps``
+    """DDIM (Song et al. 2021a, eq. 12, with ``ddim_sigma(eta)`` of eq. 16) on the ``n_steps``
     descending indices ``schedule.timesteps(n_steps)``, the last step going to the data (``t_index = -1``):
-    ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z``. ``eta = 0`` is the
+    ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - ddim_sigma^2) eps + ddim_sigma z``. ``eta = 0`` is the
     deterministic DDIM (a first-order solver of the probability-flow ODE); ``eta = 1`` is DDPM-like.
     Yields ``n_steps`` records with ``t_index``. Noise counter (``eta > 0``): ``step = index``, none on the
     last step (``n_steps - 1`` draws)."""
@@ -192,8 +190,8 @@ def ddim(model, x_T, schedule: Schedule, n_steps: int, *, eta: float = 0.0,
 
 def _ddim(model, x, schedule, n_steps, eta, src, clip_x0, backend):
     t_indices = schedule.timesteps(n_steps)
-    t_prev = np.append(t_indices[1:], -1)
-    for i, (t_index, t_index_prev) in enumerate(zip(t_indices.tolist(), t_prev.tolist())):
+    t_indices_prev = np.append(t_indices[1:], -1)
+    for i, (t_index, t_index_prev) in enumerate(zip(t_indices.tolist(), t_indices_prev.tolist())):
         eps = _evaluate(model, "model", x, _t_index_vector(t_index, x), index=i)  # (B, ...)
         kw = src.kwargs(i) if eta > 0 and t_index_prev >= 0 else {}
         x, x0 = _backend.ddim_step(x, eps, t_index, t_index_prev, schedule, eta=eta, clip_x0=clip_x0,
@@ -299,8 +297,7 @@ def predictor_corrector(score_fn, x_T, sde, n_steps: int, *, snr: float = 0.16, 
     ``j = 0`` for the predictor and ``1 .. n_corrector`` for the correctors."""
     x_T, ts = _check_sde_args(x_T, sde, n_steps, t_min)
     snr = _check_positive(snr, "snr")
-    if isinstance(n_corrector, bool) or not isinstance(n_corrector, (int, np.integer)) or n_corrector < 0:
-        raise ValueError(f"n_corrector must be an integer >= 0, got {n_corrector!r}")
+    n_corrector = _checks.check_count(n_corrector, "n_corrector", low=0)
     return _predictor_corrector(score_fn, x_T, sde, ts, snr, int(n_corrector),
                                 _noise_source(generator, noise), backend)
 

@@ -165,17 +165,9 @@ class Schedule:
 
     # ---------------------------------------------------------------- coordinates
     def check_t_index(self, t_index, name: str = "t_index"):
-        """Raise ``IndexError`` unless every entry of ``t_index`` is an integer in ``[0, T)``."""
-        arr = np.asarray(t_index.detach().cpu() if hasattr(t_index, "detach") else t_index)
-        if arr.dtype == object and all(_c.is_int(v) for v in arr.reshape(-1).tolist()):
-            raise IndexError(f"{name} must lie in [0, {self.T - 1}] for this T={self.T} schedule; "
-                             f"got an integer too large for int64")
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"{name} must hold integers in [0, {self.T}), got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.T):
-            raise IndexError(f"{name} must lie in [0, {self.T - 1}] for this T={self.T} schedule; "
-                             f"got values in [{arr.min()}, {arr.max()}]")
-        return arr
+        """Raise ``IndexError`` unless every entry of ``t_index`` is an integer in ``[0, T)``; returns it as
+        a numpy array (:func:`minidiff._checks.check_t_index_array`)."""
+        return _c.check_t_index_array(t_index, self.T, name)
 
     def t_index_to_t(self, t_index):
         """Continuous time ``t = (t_index + 1) / T`` in ``(0, 1]``."""

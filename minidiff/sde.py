@@ -110,8 +110,7 @@ class _LinearSDE:
     def time_grid(n_steps: int, t_min: float = 1e-3) -> np.ndarray:
         """``n_steps + 1`` descending times, uniform from ``1`` to ``t_min`` (Song et al. 2021b's
         samplers); float64."""
-        if not isinstance(n_steps, (int, np.integer)) or isinstance(n_steps, bool) or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        n_steps = _c.check_count(n_steps, "n_steps")
         if not 0.0 <= float(t_min) < 1.0:
             raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
         return np.linspace(1.0, float(t_min), int(n_steps) + 1)
@@ -260,8 +259,7 @@ class VESDE(_LinearSDE):
     def sigmas(self, n: int) -> np.ndarray:
         """NCSN's ``n`` noise levels: geometric from ``sigma_max`` down to ``sigma_min`` (Song & Ermon
         2019, Sec. 4.2) = ``sigma(t)`` on ``n`` uniform times from 1 to 0; float64, descending."""
-        if not isinstance(n, (int, np.integer)) or n < 2:
-            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        n = _c.check_count(n, "n", low=2)
         return np.array([self.sigma(t) for t in np.linspace(1.0, 0.0, int(n))])
 
 
@@ -288,7 +286,7 @@ def score_from_eps_model(model, schedule: Schedule):
     def score_fn(x, t):
         t = check_t(t)
         t_index = int(schedule.t_to_t_index(t)) if t > 0 else 0
-        t_vec = torch.full((x.shape[0],), t_index, dtype=torch.int64, device=x.device)
+        t_vec = _c.t_index_vector(t_index, x.shape[0], device=x.device)
         eps = model(x, t_vec)
         return eps_to_score(eps, float(schedule.alpha_bar[t_index]))
 

@@ -2,7 +2,8 @@
 
 DPM-Solver++(2M) (Lu, Zhou, Bao, Chen, Li & Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampling
 of Diffusion Probabilistic Models", Algorithm 2) integrates the probability-flow ODE written in the
-half log-SNR ``lambda = log(alpha / sigma)`` with ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)``.
+half log-SNR ``lambda = log(alpha_t / sigma_t)`` with ``alpha_t = sqrt(alpha_bar)``, ``sigma_t = sqrt(1 - alpha_bar)``
+(the coefficients of ``x_t = alpha_t x_0 + sigma_t eps``; ``_s`` marks the step's start, ``_t`` its end, as in the paper).
 In data-prediction form the linear part is solved exactly (variation of constants) and only the
 denoiser ``x0_hat(x, lambda)`` is approximated, by a line through the last two evaluations:
 
@@ -33,7 +34,7 @@ def dpm_solver_2m(model, x_T, schedule: Schedule, n_steps: int, *, generator: to
 
     ``model(x, t_index) -> eps`` with ``t_index`` a ``(B,)`` int64 tensor (as for :func:`minidiff.samplers.ddim`);
     ``x_T``: ``(B, ...)`` from ``N(0, I)``. The first step is first order (no previous evaluation yet);
-    the last step, to ``sigma = 0`` where ``lambda = +inf``, is first order too, so ``x`` becomes the final
+    the last step, to ``sigma_t = 0`` where ``lambda = +inf``, is first order too, so ``x`` becomes the final
     denoised estimate (the "lower order final" step of the authors' code and of k-diffusion's
     ``sample_dpmpp_2m``). ``n_steps`` model evaluations; deterministic (``generator`` is accepted for a
     uniform sampler signature and not used). ``clip_x0``: clamp ``x0_hat`` to ``[-clip_x0, clip_x0]``
@@ -48,8 +49,8 @@ def dpm_solver_2m(model, x_T, schedule: Schedule, n_steps: int, *, generator: to
     return _dpm_solver_2m(model, x_T, schedule, n_steps, clip_x0)
 
 
-def _alpha_sigma_lambda(schedule: Schedule, t_index: int) -> tuple[float, float, float]:
-    """``(alpha, sigma, lambda)`` at ``t_index`` in float64; ``t_index = -1`` is the data (lambda = inf)."""
+def _alpha_t_sigma_t_lambda(schedule: Schedule, t_index: int) -> tuple[float, float, float]:
+    """``(alpha_t, sigma_t, lambda)`` at ``t_index`` in float64; ``t_index = -1`` is the data (lambda = inf)."""
     if t_index < 0:
         return 1.0, 0.0, math.inf
     ab = float(schedule.alpha_bar[t_index])
@@ -58,16 +59,16 @@ def _alpha_sigma_lambda(schedule: Schedule, t_index: int) -> tuple[float, float,
 
 def _dpm_solver_2m(model, x, schedule, n_steps, clip_x0):
     t_indices = schedule.timesteps(n_steps).tolist()
-    t_next = t_indices[1:] + [-1]
+    t_indices_next = t_indices[1:] + [-1]
     x0_prev, h_prev = None, None
-    for i, (t_s, t_t) in enumerate(zip(t_indices, t_next)):
-        alpha_s, sigma_s, lam_s = _alpha_sigma_lambda(schedule, t_s)
-        alpha_t, sigma_t, lam_t = _alpha_sigma_lambda(schedule, t_t)
-        eps = _evaluate(model, "model", x, _t_index_vector(t_s, x), index=i)  # (B, ...)
+    for i, (t_index_s, t_index_t) in enumerate(zip(t_indices, t_indices_next)):
+        alpha_s, sigma_s, lam_s = _alpha_t_sigma_t_lambda(schedule, t_index_s)
+        alpha_t, sigma_t, lam_t = _alpha_t_sigma_t_lambda(schedule, t_index_t)
+        eps = _evaluate(model, "model", x, _t_index_vector(t_index_s, x), index=i)  # (B, ...)
         x0 = (x - sigma_s * eps) / alpha_s                             # data prediction
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-        if t_t < 0:  # to the data: sigma_t = 0, expm1(-inf) = -1, first order
+        if t_index_t < 0:  # to the data: sigma_t = 0, expm1(-inf) = -1, first order
             x_next, h = x0, math.inf
         else:
             h = lam_t - lam_s
@@ -77,6 +78,6 @@ def _dpm_solver_2m(model, x, schedule, n_steps, clip_x0):
                 r = h_prev / h
                 D = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             x_next = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * D
-        _checked(x_next, i, f"t_index={t_s}")
-        yield Step(index=i, x=x_next, x0=x0, t_index=t_s)
+        _checked(x_next, i, f"t_index={t_index_s}")
+        yield Step(index=i, x=x_next, x0=x0, t_index=t_index_s)
         x, x0_prev, h_prev = x_next, x0, h

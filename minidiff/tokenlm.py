@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import _checks as _c
 from . import checkpoint as ckpt
 
 __all__ = ["TokenTransformerConfig", "TokenTransformer", "LMPreset", "ARITH", "save_lm", "load_lm",
@@ -49,8 +50,7 @@ class TokenTransformerConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{f.name} must be an int >= 1, got {v!r}")
+            _c.check_count(v, f.name)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.out_size > self.vocab_size:

@@ -146,18 +146,18 @@ def ddpm_exact(gm, x_T, schedule, *, seed=None, clip_x0=None):
     seed = _check_seed(seed, needed=schedule.T > 1)
     c = _check_clip(clip_x0)
     levels, cx, cx0, cz, nstep = [], [], [], [], []
-    for i, t in enumerate(range(schedule.T - 1, -1, -1)):
-        ab = float(schedule.alpha_bar[t])
-        _, _, a0, a1, std = ddpm_coefficients(ab, schedule.alpha_bar_prev[t], schedule.betas[t], schedule.alphas[t],
-                                              schedule.posterior_variance[t], add_noise=t > 0)
+    for i, t_index in enumerate(range(schedule.T - 1, -1, -1)):
+        ab = float(schedule.alpha_bar[t_index])
+        _, _, a0, a1, std = ddpm_coefficients(ab, schedule.alpha_bar_prev[t_index], schedule.betas[t_index], schedule.alphas[t_index],
+                                              schedule.posterior_variance[t_index], add_noise=t_index > 0)
         levels.append((math.sqrt(ab), math.sqrt(1.0 - ab)))
-        cx.append(a1), cx0.append(a0), cz.append(std), nstep.append(i if t > 0 else -1)
+        cx.append(a1), cx0.append(a0), cz.append(std), nstep.append(i if t_index > 0 else -1)
     zeros = [0.0] * len(cx)
     return _eps_run(gm, x, numpy_in, levels, cx, cx0, zeros, zeros, cz, nstep, False, c, seed)
 
 
 def ddim_exact(gm, x_T, schedule, n_steps: int, eta: float = 0.0, seed=None, *, clip_x0=None):
-    """DDIM (Song et al. 2021a, eq. 12, ``sigma(eta)`` of eq. 16) on ``schedule.timesteps(n_steps)``,
+    """DDIM (Song et al. 2021a, eq. 12, ``ddim_sigma(eta)`` of eq. 16) on ``schedule.timesteps(n_steps)``,
     the last step to the data, with the exact eps; with clipping, eps is recomputed from the clipped
     ``x0`` as :func:`minidiff.backend.ddim_step` does. Noise counter (``eta > 0``): ``step = index``,
     none on the last step. Returns the samples ``(B, d)``."""
@@ -168,18 +168,18 @@ def ddim_exact(gm, x_T, schedule, n_steps: int, eta: float = 0.0, seed=None, *, 
     if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) or not float(eta) >= 0 \
             or not math.isfinite(float(eta)):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    t_idx = schedule.timesteps(n_steps).tolist()
-    t_prev = t_idx[1:] + [-1]
-    seed = _check_seed(seed, needed=float(eta) > 0 and len(t_idx) > 1)
+    t_indices = schedule.timesteps(n_steps).tolist()
+    t_indices_prev = t_indices[1:] + [-1]
+    seed = _check_seed(seed, needed=float(eta) > 0 and len(t_indices) > 1)
     c = _check_clip(clip_x0)
     levels, cx0, ceps, cz, nstep = [], [], [], [], []
-    for i, (t, tp) in enumerate(zip(t_idx, t_prev)):
-        ab = float(schedule.alpha_bar[t])
-        abp = 1.0 if tp < 0 else float(schedule.alpha_bar[tp])
-        _, _, _, _, sap, cdir, sigma = ddim_coefficients(ab, abp, eta)
+    for i, (t_index, t_index_prev) in enumerate(zip(t_indices, t_indices_prev)):
+        ab = float(schedule.alpha_bar[t_index])
+        abp = 1.0 if t_index_prev < 0 else float(schedule.alpha_bar[t_index_prev])
+        _, _, _, _, sap, cdir, ddim_sigma = ddim_coefficients(ab, abp, eta)
         levels.append((math.sqrt(ab), math.sqrt(1.0 - ab)))
-        noisy = float(eta) > 0 and tp >= 0 and sigma > 0
-        cx0.append(sap), ceps.append(cdir), cz.append(sigma if noisy else 0.0), nstep.append(i if noisy else -1)
+        noisy = float(eta) > 0 and t_index_prev >= 0 and ddim_sigma > 0
+        cx0.append(sap), ceps.append(cdir), cz.append(ddim_sigma if noisy else 0.0), nstep.append(i if noisy else -1)
     zeros = [0.0] * len(cx0)
     return _eps_run(gm, x, numpy_in, levels, zeros, cx0, ceps, zeros, cz, nstep, clip_x0 is not None, c, seed)
 
@@ -189,20 +189,20 @@ def dpm_solver_2m_exact(gm, x_T, schedule, n_steps: int, *, clip_x0=None):
     ``schedule.timesteps(n_steps)``, first and last steps first order, as
     :func:`minidiff.solvers.dpm_solver_2m`: ``x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) D``,
     ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``. Deterministic. Returns the samples ``(B, d)``."""
-    from minidiff.solvers import _alpha_sigma_lambda
+    from minidiff.solvers import _alpha_t_sigma_t_lambda
 
     gm = _check_gm(gm)
     x, numpy_in = _check_x(x_T, gm)
     c = _check_clip(clip_x0)
-    t_idx = schedule.timesteps(n_steps).tolist()
-    t_next = t_idx[1:] + [-1]
+    t_indices = schedule.timesteps(n_steps).tolist()
+    t_indices_next = t_indices[1:] + [-1]
     levels, cx, cx0, cx0p = [], [], [], []
     h_prev = None
-    for t_s, t_t in zip(t_idx, t_next):
-        a_s, s_s, lam_s = _alpha_sigma_lambda(schedule, t_s)
-        a_t, s_t, lam_t = _alpha_sigma_lambda(schedule, t_t)
+    for t_index_s, t_index_t in zip(t_indices, t_indices_next):
+        a_s, s_s, lam_s = _alpha_t_sigma_t_lambda(schedule, t_index_s)
+        a_t, s_t, lam_t = _alpha_t_sigma_t_lambda(schedule, t_index_t)
         levels.append((a_s, s_s))
-        if t_t < 0:  # to the data: x = x0_hat
+        if t_index_t < 0:  # to the data: x = x0_hat
             cx.append(0.0), cx0.append(1.0), cx0p.append(0.0)
             continue
         h = lam_t - lam_s

@@ -228,7 +228,7 @@ class UNet(nn.Module):
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[-1] != c.image_size or x.shape[-2] != c.image_size:
             raise ValueError(f"x must be (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}")
-        emb = self.embed(_t(t_index, x), _y(y, x, c.num_classes))  # (B, E)
+        emb = self.embed(_t_index(t_index, x), _y(y, x, c.num_classes))  # (B, E)
         h = self.conv_in(x)
         hs = [h]
         blocks, down = iter(self.down), iter(self.downsample)
@@ -272,24 +272,16 @@ class MLPDenoiser(nn.Module):
         c = self.config
         if x.ndim != 2 or x.shape[1] != c.dim:
             raise ValueError(f"x must be (B, {c.dim}), got {tuple(x.shape)}")
-        emb = self.embed(_t(t_index, x), _y(y, x, c.num_classes))
+        emb = self.embed(_t_index(t_index, x), _y(y, x, c.num_classes))
         h = self.inp(x) + emb
         for blk in self.blocks:
             h = h + blk(h + emb)
         return self.out(h)
 
 
-def _t(t_index, x):
+def _t_index(t_index, x):
     """``t_index`` as a (B,) int64 tensor on x's device (an int broadcasts)."""
-    t = torch.as_tensor(t_index, device=x.device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"t_index must hold integers, got {t.dtype}")
-    t = t.to(torch.int64).reshape(-1)
-    if t.numel() == 1 and x.shape[0] != 1:
-        t = t.expand(x.shape[0])
-    if t.numel() != x.shape[0]:
-        raise ValueError(f"t_index must have one entry per sample ({x.shape[0]}), got {t.numel()}")
-    return t
+    return _c.t_index_vector(t_index, x.shape[0], device=x.device)
 
 
 def _y(y, x, num_classes):
@@ -369,17 +361,17 @@ def as_eps_model(model: nn.Module, schedule: Schedule, y=None, guidance_scale: f
         raise ValueError("guidance_scale needs labels y")
 
     def eps_fn(x, t_index):
-        t = _t(t_index, x)
+        t_index = _t_index(t_index, x)
         ctx = torch.enable_grad() if x.requires_grad else torch.no_grad()
         with ctx:
             if guidance_scale is None or guidance_scale == 0:
-                pred = model(x, t, None if y is None else _y(y, x, K))
+                pred = model(x, t_index, None if y is None else _y(y, x, K))
             else:
                 yc = _y(y, x, K)
-                both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([yc, torch.full_like(yc, K)]))
+                both = model(torch.cat([x, x]), torch.cat([t_index, t_index]), torch.cat([yc, torch.full_like(yc, K)]))
                 cond, uncond = both.chunk(2)
                 pred = (1 + guidance_scale) * cond - guidance_scale * uncond
-            alpha_bar = schedule.at("alpha_bar", t.cpu().numpy(), x)
+            alpha_bar = schedule.at("alpha_bar", t_index.cpu().numpy(), x)
             return forward.convert(pred, x, alpha_bar, source=config.prediction, target="eps")
 
     return eps_fn

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from . import _checks
+
 __all__ = ["new_figure", "figure_to_png", "digits_png", "scatter_png", "curve_png", "png_strip",
            "decode_png", "png_size", "pixel_ratio", "pixel_ratio_context", "palette_png"]
 
@@ -47,8 +49,7 @@ def pixel_ratio() -> int:
 def pixel_ratio_context(ratio: int):
     """Within the block, every helper here (and :func:`figure_to_png`) renders at ``ratio`` x its
     display size; the caller shows the PNG at ``png_size(png)[0] / ratio`` CSS pixels wide."""
-    if not isinstance(ratio, int) or isinstance(ratio, bool) or not 1 <= ratio <= 4:
-        raise ValueError(f"ratio must be an int from 1 to 4, got {ratio!r}")
+    ratio = _checks.check_count(ratio, "ratio", 1, 4)
     token = _PIXEL_RATIO.set(ratio)
     try:
         yield ratio

@@ -50,6 +50,7 @@ import inspect
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import _checks as _c
 from .viz import (PNG_MAGIC, curve_png, digits_png, figure_to_png, palette_png, pixel_ratio_context, png_size,
                   png_strip, scatter_png)
 
@@ -138,12 +139,9 @@ class ChainPlayer:
             raise ValueError(f"render must be callable (frame -> Figure or PNG bytes), got {type(render).__name__}")
         if side is not None and not callable(side):
             raise ValueError(f"side must be callable (frame -> Figure or PNG bytes) or None, got {type(side).__name__}")
-        if not isinstance(interval_ms, int) or isinstance(interval_ms, bool) or interval_ms < 1:
-            raise ValueError(f"interval_ms must be a positive int, got {interval_ms!r}")
-        if not isinstance(strip_frames, int) or strip_frames < 1:
-            raise ValueError(f"strip_frames must be a positive int, got {strip_frames!r}")
-        if not isinstance(pixel_ratio, int) or isinstance(pixel_ratio, bool) or not 1 <= pixel_ratio <= 4:
-            raise ValueError(f"pixel_ratio must be an int from 1 to 4, got {pixel_ratio!r}")
+        _c.check_count(interval_ms, "interval_ms")
+        _c.check_count(strip_frames, "strip_frames")
+        _c.check_count(pixel_ratio, "pixel_ratio", 1, 4)
         if inspect.isgeneratorfunction(frames):
             raise ValueError("frames is a generator function: call it to pass the generator")
 

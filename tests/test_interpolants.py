@@ -23,36 +23,36 @@ def test_derivatives_match_central_differences(interp):
     h = 1e-6
     for t in (0.05, 0.3, 0.7, 0.95):
         c, cp, cm = interp.coefficients(t), interp.coefficients(t + h), interp.coefficients(t - h)
-        assert c.d_alpha == pytest.approx((cp.alpha - cm.alpha) / (2 * h), rel=1e-6, abs=1e-8)
-        assert c.d_sigma == pytest.approx((cp.sigma - cm.sigma) / (2 * h), rel=1e-6, abs=1e-8)
+        assert c.d_alpha_t == pytest.approx((cp.alpha_t - cm.alpha_t) / (2 * h), rel=1e-6, abs=1e-8)
+        assert c.d_sigma_t == pytest.approx((cp.sigma_t - cm.sigma_t) / (2 * h), rel=1e-6, abs=1e-8)
 
 
 @pytest.mark.parametrize("interp", INTERPOLANTS, ids=IDS)
 def test_endpoints_and_tensor_times(interp):
     c0, c1 = interp.coefficients(0.0), interp.coefficients(1.0)
-    assert c0.alpha == pytest.approx(1.0) and c0.sigma == pytest.approx(0.0)
-    assert c1.sigma > 0.99
+    assert c0.alpha_t == pytest.approx(1.0) and c0.sigma_t == pytest.approx(0.0)
+    assert c1.sigma_t > 0.99
     if interp.kind != "vp":
-        assert c1.alpha == pytest.approx(0.0, abs=1e-15)
+        assert c1.alpha_t == pytest.approx(0.0, abs=1e-15)
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     ct = interp.coefficients(t)
     for i, ti in enumerate(t.tolist()):
-        assert float(ct.alpha[i]) == interp.alpha(ti) and float(ct.sigma[i]) == interp.sigma(ti)
-    assert interp.log_snr(0.5) == pytest.approx(2 * math.log(interp.alpha(0.5) / interp.sigma(0.5)))
+        assert float(ct.alpha_t[i]) == interp.alpha_t(ti) and float(ct.sigma_t[i]) == interp.sigma_t(ti)
+    assert interp.log_snr(0.5) == pytest.approx(2 * math.log(interp.alpha_t(0.5) / interp.sigma_t(0.5)))
 
 
 def test_vp_is_the_vp_sde_and_its_ddpm_schedule():
     sde = VPSDE()
     interp = Interpolant.vp(sde)
     for t in (0.01, 0.4, 1.0):
-        assert interp.alpha(t) ** 2 == pytest.approx(sde.alpha_bar(t), rel=1e-12)
-        assert interp.alpha(t) ** 2 + interp.sigma(t) ** 2 == pytest.approx(1.0, rel=1e-12)
+        assert interp.alpha_t(t) ** 2 == pytest.approx(sde.alpha_bar(t), rel=1e-12)
+        assert interp.alpha_t(t) ** 2 + interp.sigma_t(t) ** 2 == pytest.approx(1.0, rel=1e-12)
 
 
 def _truth(kind, x0, eps, c):
     """Each prediction kind from its definition (written independently of the module)."""
-    return {"eps": eps, "x0": x0, "v": c.alpha * eps - c.sigma * x0, "score": -eps / c.sigma,
-            "velocity": c.d_alpha * x0 + c.d_sigma * eps}[kind]
+    return {"eps": eps, "x0": x0, "v": c.alpha_t * eps - c.sigma_t * x0, "score": -eps / c.sigma_t,
+            "velocity": c.d_alpha_t * x0 + c.d_sigma_t * eps}[kind]
 
 
 @pytest.mark.parametrize("interp", INTERPOLANTS, ids=IDS)
@@ -62,7 +62,7 @@ def test_every_conversion_recovers_every_kind(interp):
     eps = torch.randn(16, 3, generator=g, dtype=torch.float64)
     for t in (0.2, 0.6, 0.9):
         c = interp.coefficients(t)
-        x_t = c.alpha * x0 + c.sigma * eps
+        x_t = c.alpha_t * x0 + c.sigma_t * eps
         assert torch.allclose(interp.sample(x0, t, eps), x_t)
         for src in PREDICTION_KINDS:
             for dst in PREDICTION_KINDS:
@@ -92,7 +92,7 @@ def test_vp_conversions_agree_with_forward_convert():
     x_t = torch.randn(32, 2, generator=g, dtype=torch.float64)
     pred = torch.randn(32, 2, generator=g, dtype=torch.float64)
     for t in (0.05, 0.3, 0.8):
-        ab = interp.alpha(t) ** 2
+        ab = interp.alpha_t(t) ** 2
         for src in ("eps", "x0", "v", "score"):
             for dst in ("eps", "x0", "v", "score"):
                 ours = convert(pred, x_t, t, interp, source=src, target=dst)
@@ -107,10 +107,10 @@ def test_vp_velocity_is_the_angular_speed_times_v():
     x0, eps = torch.randn(8, 2, generator=g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)
     h = 1e-6
     for t in (0.1, 0.5, 0.9):
-        phi = lambda s: math.atan2(interp.sigma(s), interp.alpha(s))  # noqa: E731
+        phi = lambda s: math.atan2(interp.sigma_t(s), interp.alpha_t(s))  # noqa: E731
         dphi = (phi(t + h) - phi(t - h)) / (2 * h)
         c = interp.coefficients(t)
-        v = c.alpha * eps - c.sigma * x0
+        v = c.alpha_t * eps - c.sigma_t * x0
         assert torch.allclose(interp.conditional_velocity(x0, t, eps), dphi * v, rtol=1e-6)
 
 
@@ -145,7 +145,7 @@ def test_mixture_velocity_matches_autograd_tweedie(interp, mix):
     for t in (0.05, 0.4, 0.9):
         c = interp.coefficients(t)
         s = _grad_log_p(mix.at_interpolant(interp, t), x)
-        expected = c.d_alpha * (x + c.sigma**2 * s) / c.alpha - c.d_sigma * c.sigma * s
+        expected = c.d_alpha_t * (x + c.sigma_t**2 * s) / c.alpha_t - c.d_sigma_t * c.sigma_t * s
         assert torch.allclose(mix.velocity(x, t, interp), expected, rtol=1e-8, atol=1e-8), t
 
 

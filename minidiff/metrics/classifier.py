@@ -198,10 +198,10 @@ _feature_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[str, dict]]" = weakr
 def parameters_digest(model: nn.Module) -> str:
     """SHA-1 of every parameter and buffer (names, shapes, dtypes and bytes) of ``model``."""
     h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 
 

@@ -30,11 +30,9 @@ class MetricResult:
 
 def _check_count(value, name: str, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum`` (bools and floats refused), else a ValueError/TypeError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    from .._checks import check_count
+
+    return check_count(value, name, minimum)
 
 
 def _check_z(z) -> float:

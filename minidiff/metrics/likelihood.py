@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import _checks
 from .estimate import _check_count
 
 DIGITS_BIN_WIDTH = 2.0 / 16.0  # 17 grey levels 0..16 mapped onto [-1, 1]
@@ -73,8 +74,7 @@ def log_likelihood(eps_model, x, schedule, *, n_steps: int | None = None, trace:
     if n_steps is not None:  # 0 intervals would return the prior density of x itself
         n_steps = _check_count(n_steps, "n_steps")
     x = torch.as_tensor(x)
-    if not x.is_floating_point():
-        raise TypeError("x must be floating point")
+    _checks.check_batch(x, "x")
     T = schedule.T
     grid = np.arange(T) if n_steps is None else np.unique(np.round(np.linspace(0, T - 1, int(n_steps) + 1)).astype(np.int64))
     ab = schedule.alpha_bar
@@ -89,8 +89,7 @@ def log_likelihood(eps_model, x, schedule, *, n_steps: int | None = None, trace:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             s = math.sqrt(ab[i])
-            t = torch.full((B,), int(i), dtype=torch.int64)
-            f = eps_model(s * y, t)
+            f = eps_model(s * y, _checks.t_index_vector(int(i), B))
             div = _divergence(f, y, probes)
         return f.detach(), div.detach().to(torch.float64)
 
