@@ -36,7 +36,7 @@ def decode(x) -> list[str]:
     """``(B, 9)`` (or ``(9,)``) token ids -> strings, the mask shown as ``"_"``."""
     x = torch.as_tensor(x)
     rows = x.reshape(-1, x.shape[-1]).tolist()
-    return ["".join(ALPHABET[t] if 0 <= t < V else "_" for t in r) for r in rows]
+    return ["".join(ALPHABET[tok] if 0 <= tok < V else "_" for tok in r) for r in rows]
 
 
 def all_statements() -> torch.Tensor:

@@ -18,12 +18,12 @@ from minidiff.unet import MLPConfig, UNetConfig, build_model
 
 
 def test_roundtrip_tensors_and_meta(tmp_path):
-    t = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.tensor(2.5)}
-    ckpt.save(tmp_path / "x.safetensors", t, {"kind": "test", "step": 7})
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.tensor(2.5)}
+    ckpt.save(tmp_path / "x.safetensors", tensors, {"kind": "test", "step": 7})
     back, meta = ckpt.load(tmp_path / "x.safetensors")
     assert meta["step"] == 7 and meta["kind"] == "test" and meta["format"] == ckpt.FORMAT
-    for k in t:
-        assert torch.equal(back[k], t[k])
+    for k in tensors:
+        assert torch.equal(back[k], tensors[k])
     assert ckpt.read_meta(tmp_path / "x.safetensors")["step"] == 7
 
 

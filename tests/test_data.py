@@ -63,8 +63,8 @@ def test_eps_model_is_the_exact_denoiser():
     gen = torch.Generator().manual_seed(0)
     x0 = gm.sample(400000, generator=gen)
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    t = 40
-    ab = s.alpha_bar[t]
+    t_index = 40
+    ab = s.alpha_bar[t_index]
     xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
     bins = torch.linspace(-1, 1, 9, dtype=torch.float64)
     idx = torch.bucketize(xt[:, 0], bins)
@@ -72,7 +72,7 @@ def test_eps_model_is_the_exact_denoiser():
         sel = idx == b
         centre = torch.tensor([[(bins[b - 1] + bins[b]) / 2]], dtype=torch.float64)
         mc = eps[sel, 0].mean()
-        exact = model(xt[sel], t)[:, 0].mean()
+        exact = model(xt[sel], t_index)[:, 0].mean()
         assert float(mc) == pytest.approx(float(exact), abs=0.03), float(centre)
 
 

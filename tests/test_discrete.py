@@ -16,52 +16,52 @@ SCHEDULES = [D.DiscreteSchedule.linear(6, 4, "absorbing"), D.DiscreteSchedule.li
              D.DiscreteSchedule.cosine(7, 5, "uniform"), D.DiscreteSchedule.cosine(5, 3, "absorbing")]
 
 
-def _prod(s, t):
+def _prod(s, t_index):
     P = np.eye(s.K)
-    for i in range(t + 1):
+    for i in range(t_index + 1):
         P = P @ s.Q(i)
     return P
 
 
 @pytest.mark.parametrize("s", SCHEDULES, ids=lambda s: f"{s.kind}-K{s.K}-T{s.T}")
 def test_q_bar_is_the_product_of_the_step_matrices(s):
-    for t in range(s.T):
-        Q = s.Q(t)
+    for t_index in range(s.T):
+        Q = s.Q(t_index)
         M.check_stochastic(Q)
-        np.testing.assert_allclose(s.Q_bar(t), _prod(s, t), atol=1e-12)
+        np.testing.assert_allclose(s.Q_bar(t_index), _prod(s, t_index), atol=1e-12)
     np.testing.assert_allclose(s.Q_bar(s.T - 1), np.outer(np.ones(s.K), s.pi), atol=1e-12)  # ends at pi
 
 
 @pytest.mark.parametrize("s", SCHEDULES, ids=lambda s: f"{s.kind}-K{s.K}-T{s.T}")
 def test_pi_is_stationary_for_every_step(s):
-    for t in range(s.T - 1):  # beta < 1: pi is the unique stationary law
-        np.testing.assert_allclose(s.pi @ s.Q(t), s.pi, atol=1e-14)
-        np.testing.assert_allclose(M.stationary_eigen(s.Q(t)), s.pi, atol=1e-9)
+    for t_index in range(s.T - 1):  # beta < 1: pi is the unique stationary law
+        np.testing.assert_allclose(s.pi @ s.Q(t_index), s.pi, atol=1e-14)
+        np.testing.assert_allclose(M.stationary_eigen(s.Q(t_index)), s.pi, atol=1e-9)
 
 
 @pytest.mark.parametrize("s", SCHEDULES, ids=lambda s: f"{s.kind}-K{s.K}-T{s.T}")
 def test_q_probs_matches_products_for_tokens_and_distributions(s):
     x0 = torch.tensor([[0, 1, s.K - 1], [2, 0, 1]]) % s.K
     p = torch.distributions.Dirichlet(torch.ones(s.K, dtype=torch.float64)).sample((3,))
-    for t in range(s.T):
-        P = _prod(s, t)
-        np.testing.assert_allclose(D.q_probs(x0, t, s).numpy(), P[x0.numpy()], atol=1e-12)
-        np.testing.assert_allclose(D.q_probs(p, t, s).numpy(), p.numpy() @ P, atol=1e-12)
+    for t_index in range(s.T):
+        P = _prod(s, t_index)
+        np.testing.assert_allclose(D.q_probs(x0, t_index, s).numpy(), P[x0.numpy()], atol=1e-12)
+        np.testing.assert_allclose(D.q_probs(p, t_index, s).numpy(), p.numpy() @ P, atol=1e-12)
 
 
 @pytest.mark.parametrize("s", SCHEDULES, ids=lambda s: f"{s.kind}-K{s.K}-T{s.T}")
 def test_posterior_is_bayes_rule_on_the_matrices(s):
-    for t in range(s.T):
-        Qt, Qb_prev, Qb = s.Q(t), _prod(s, t - 1) if t else np.eye(s.K), _prod(s, t)
+    for t_index in range(s.T):
+        Qt, Qb_prev, Qb = s.Q(t_index), _prod(s, t_index - 1) if t_index else np.eye(s.K), _prod(s, t_index)
         for x0 in range(s.K):
             for xt in range(s.K):
                 if Qb[x0, xt] == 0:
                     with pytest.raises(ValueError, match="impossible"):
-                        D.posterior_probs(torch.tensor([xt]), torch.tensor([x0]), t, s)
+                        D.posterior_probs(torch.tensor([xt]), torch.tensor([x0]), t_index, s)
                     continue
                 want = np.array([Qb_prev[x0, j] * Qt[j, xt] for j in range(s.K)])
                 want /= want.sum()
-                got = D.posterior_probs(torch.tensor([xt]), torch.tensor([x0]), t, s)[0].numpy()
+                got = D.posterior_probs(torch.tensor([xt]), torch.tensor([x0]), t_index, s)[0].numpy()
                 np.testing.assert_allclose(got, want, atol=1e-12)
 
 
@@ -70,13 +70,13 @@ def test_reverse_probs_with_the_exact_denoiser_is_markovs_reverse_kernel(s):
     p_data = np.random.default_rng(0).dirichlet(np.ones(s.data_K))
     p0 = np.zeros(s.K)
     p0[: s.data_K] = p_data
-    for t in range(s.T):
-        p_prev, p_t = p0 @ (_prod(s, t - 1) if t else np.eye(s.K)), p0 @ _prod(s, t)
-        R = M.reverse_kernel(s.Q(t), p_prev)                      # R[i, j] = P(x_{t-1} = j | x_t = i)
+    for t_index in range(s.T):
+        p_prev, p_t = p0 @ (_prod(s, t_index - 1) if t_index else np.eye(s.K)), p0 @ _prod(s, t_index)
+        R = M.reverse_kernel(s.Q(t_index), p_prev)                      # R[i, j] = P(x_{t-1} = j | x_t = i)
         for xt in np.flatnonzero(p_t > 0):
-            post = p0 * _prod(s, t)[:, xt]
+            post = p0 * _prod(s, t_index)[:, xt]
             post /= post.sum()                                    # the exact p(x_0 | x_t)
-            got = D.reverse_probs(torch.tensor([xt]), torch.tensor(post)[None], t, s)[0].numpy()
+            got = D.reverse_probs(torch.tensor([xt]), torch.tensor(post)[None], t_index, s)[0].numpy()
             np.testing.assert_allclose(got, R[xt], atol=1e-12)
 
 
@@ -85,18 +85,18 @@ def test_masked_weight_is_the_bounds_kl_at_masked_tokens():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 4, (64, 3), generator=g)
     p = torch.distributions.Dirichlet(torch.ones(4, dtype=torch.float64)).sample((64, 3))
-    for t in range(s.T):
-        xt = D.q_sample(x0, t, s, generator=g)
-        kl = D.vb_kl(x0, xt, p, t, s)
+    for t_index in range(s.T):
+        xt = D.q_sample(x0, t_index, s, generator=g)
+        kl = D.vb_kl(x0, xt, p, t_index, s)
         nll = -torch.log(torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1))
-        want = torch.where(xt == 4, D.masked_weight(t, s) * nll, 0.0)
+        want = torch.where(xt == 4, D.masked_weight(t_index, s) * nll, 0.0)
         torch.testing.assert_close(kl, want, atol=1e-12, rtol=1e-10)
 
 
 def test_linear_schedule_weight_is_one_over_t():
     s = D.DiscreteSchedule.linear(50, 3, "absorbing")
-    t = torch.arange(50)
-    torch.testing.assert_close(s.T * D.masked_weight(t, s), 50.0 / (t + 1).double())
+    t_index = torch.arange(50)
+    torch.testing.assert_close(s.T * D.masked_weight(t_index, s), 50.0 / (t_index + 1).double())
 
 
 def test_objective_loss_is_T_times_the_summed_kl():
@@ -119,9 +119,9 @@ def test_q_sample_frequencies_match_q_probs():
     s = D.DiscreteSchedule.cosine(6, 4, "uniform")
     g = torch.Generator().manual_seed(2)
     x0 = torch.full((200_000,), 1)
-    for t in (0, 3, 5):
-        freq = torch.bincount(D.q_sample(x0, t, s, generator=g), minlength=4).double() / x0.numel()
-        want = D.q_probs(x0[:1], t, s)[0]
+    for t_index in (0, 3, 5):
+        freq = torch.bincount(D.q_sample(x0, t_index, s, generator=g), minlength=4).double() / x0.numel()
+        want = D.q_probs(x0[:1], t_index, s)[0]
         assert float((freq - want).abs().max()) < 4 * math.sqrt(0.25 / x0.numel())
 
 
@@ -157,7 +157,7 @@ def test_ancestral_with_exact_denoiser_approaches_the_table_as_steps_grow(kind):
     errs = []
     for T in (2, 40):
         s = D.DiscreteSchedule.linear(T, K, kind)
-        den = lambda x, t: TABLE.x0_probs(x, t, s)  # noqa: E731
+        den = lambda x, t_index: TABLE.x0_probs(x, t_index, s)  # noqa: E731
         g = torch.Generator().manual_seed(T)
         x_T = torch.full((8000, 3), K - 1) if kind == "absorbing" else torch.randint(0, K, (8000, 3), generator=g)
         *_, last = D.ancestral(den, x_T, s, generator=g)

@@ -75,7 +75,7 @@ def test_vlb_steps_of_a_zero_predictor_match_the_closed_form():
     # E KL = D c_t^2 (1 - ab) / (2 ab beta_tilde) (sigma^2 = beta_tilde).
     s = Schedule.linear(T=50)
     x0 = torch.zeros(4000, 1, dtype=torch.float64)
-    terms = elbo.vlb_terms(lambda x, t: torch.zeros_like(x), x0, s, bin_width=2 / 16)
+    terms = elbo.vlb_terms(lambda x, t_index: torch.zeros_like(x), x0, s, bin_width=2 / 16)
     i = np.arange(1, s.T)
     c = np.sqrt(s.alpha_bar_prev[i]) * s.betas[i] / (1 - s.alpha_bar[i])
     want = (c**2 * (1 - s.alpha_bar[i]) / (2 * s.alpha_bar[i] * s.posterior_variance[i])).sum()
@@ -84,7 +84,7 @@ def test_vlb_steps_of_a_zero_predictor_match_the_closed_form():
     mean_bpd, _ = terms.bits_per_dim("steps")
     assert math.isclose(mean_bpd, got / math.log(2), rel_tol=1e-12)
     with pytest.raises(ValueError, match="variance"):
-        elbo.vlb_terms(lambda x, t: x, x0, s, bin_width=0.1, variance="learned")
+        elbo.vlb_terms(lambda x, t_index: x, x0, s, bin_width=0.1, variance="learned")
 
 
 # ----------------------------------------------------------------------------- reverse

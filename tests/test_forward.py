@@ -35,10 +35,10 @@ def test_q_sample_exact_against_formula(backend):
     s = Schedule.linear(T=50)
     x0 = torch.randn(6, 3, 4, dtype=torch.float32)
     noise = torch.randn_like(x0)
-    t = torch.tensor([0, 1, 10, 20, 48, 49])
-    want = (torch.as_tensor(s.sqrt_alpha_bar[t.numpy()]).view(-1, 1, 1) * x0.double()
-            + torch.as_tensor(s.sqrt_one_minus_alpha_bar[t.numpy()]).view(-1, 1, 1) * noise.double())
-    got = q_sample(x0, t, noise, s, backend=backend)
+    t_index = torch.tensor([0, 1, 10, 20, 48, 49])
+    want = (torch.as_tensor(s.sqrt_alpha_bar[t_index.numpy()]).view(-1, 1, 1) * x0.double()
+            + torch.as_tensor(s.sqrt_one_minus_alpha_bar[t_index.numpy()]).view(-1, 1, 1) * noise.double())
+    got = q_sample(x0, t_index, noise, s, backend=backend)
     assert got.dtype == torch.float32 and got.shape == x0.shape
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
 

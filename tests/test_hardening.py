@@ -316,10 +316,10 @@ def test_item14_negative_or_fractional_step_is_refused_at_load(tmp_path, step):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda t: t.update({"optim.0.exp_avg": torch.zeros(3, 3)}), "optim|exp_avg"),
-    (lambda t: t.update({"optim.0.step": torch.tensor(-2.0)}), "step"),
-    (lambda t: t.update({"optim.0.step": torch.tensor(1.5)}), "step"),
-    (lambda t: t.update({"optim.99.exp_avg": torch.zeros(2)}), "99"),
+    (lambda tensors: tensors.update({"optim.0.exp_avg": torch.zeros(3, 3)}), "optim|exp_avg"),
+    (lambda tensors: tensors.update({"optim.0.step": torch.tensor(-2.0)}), "step"),
+    (lambda tensors: tensors.update({"optim.0.step": torch.tensor(1.5)}), "step"),
+    (lambda tensors: tensors.update({"optim.99.exp_avg": torch.zeros(2)}), "99"),
 ])
 def test_item14_optimizer_state_is_checked_at_load(tmp_path, change, match):
     tensors, meta = _trained_checkpoint(tmp_path)
@@ -348,7 +348,7 @@ def test_item15_ddim_runs_at_the_step_counts_that_crashed():
     from minidiff.samplers import ddim, final
 
     x = torch.randn(4, 2, dtype=torch.float64)
-    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    zero = lambda x, t_index: torch.zeros_like(x)  # noqa: E731
     for T, n in ((1000, 61), (1000, 103), (50, 29), (50, 31)):
         steps = list(ddim(zero, x, Schedule.linear(T), n_steps=n))
         assert len(steps) == n and steps[0].t_index == T - 1

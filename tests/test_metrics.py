@@ -121,7 +121,7 @@ def test_bits_per_dim_dequantisation_offset():
     D = 64
     gm = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, D, dtype=torch.float64),
                          0.25 * torch.eye(D, dtype=torch.float64)[None])
-    eps = lambda z, t: gm.eps_model(sch)(z.reshape(-1, D), t).reshape(z.shape)  # noqa: E731
+    eps = lambda z, t_index: gm.eps_model(sch)(z.reshape(-1, D), t_index).reshape(z.shape)  # noqa: E731
     x = load_digits("test")[0][:3].double()
     res = metrics.digits_bits_per_dim(eps, x, sch, n_steps=200, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)

@@ -151,16 +151,16 @@ def _gaussian_chain_moments(schedule, pairs, *, mu, var0, eta=None):
     (``eta=None``, Ho et al. eqs. 7, 15) or DDIM (Song et al. 2021a, eqs. 12, 16) step maps
     ``x -> A x + b + std z`` and the sample mean and variance follow in closed form from N(0, 1)."""
     mean, var = 0.0, 1.0
-    for t, tp in pairs:
-        ab = schedule.alpha_bar[t]
-        abp = 1.0 if tp < 0 else schedule.alpha_bar[tp]
+    for t_index, t_index_prev in pairs:
+        ab = schedule.alpha_bar[t_index]
+        abp = 1.0 if t_index_prev < 0 else schedule.alpha_bar[t_index_prev]
         m, v = math.sqrt(ab), 1 - ab
         k = m * var0 / (m * m * var0 + v)  # E[x0 | x] = mu + k (x - m mu)
         x0_a, x0_b = k, mu - k * m * mu  # x0_hat = x0_a x + x0_b
         if eta is None:  # DDPM posterior mean
-            c_x0 = math.sqrt(abp) * schedule.betas[t] / (1 - ab)
-            c_x = math.sqrt(schedule.alphas[t]) * (1 - abp) / (1 - ab)
-            a, b, std2 = c_x0 * x0_a + c_x, c_x0 * x0_b, (schedule.posterior_variance[t] if t > 0 else 0.0)
+            c_x0 = math.sqrt(abp) * schedule.betas[t_index] / (1 - ab)
+            c_x = math.sqrt(schedule.alphas[t_index]) * (1 - abp) / (1 - ab)
+            a, b, std2 = c_x0 * x0_a + c_x, c_x0 * x0_b, (schedule.posterior_variance[t_index] if t_index > 0 else 0.0)
         else:
             std2 = eta**2 * (1 - abp) / (1 - ab) * (1 - ab / abp)
             c_eps = math.sqrt(max(1 - abp - std2, 0.0)) / math.sqrt(v)  # eps_hat = (x - m x0_hat) / sqrt(v)
@@ -180,7 +180,7 @@ def test_stochastic_chains_match_the_exact_gaussian_moment_recursion(kind):
     x_T = _prior((n, 1))
     if kind == "ddpm":
         x = S.final(S.ddpm(gauss.eps_model(sch), x_T, sch, generator=_gen()))
-        pairs, eta = [(t, t - 1) for t in range(sch.T - 1, -1, -1)], None
+        pairs, eta = [(t_index, t_index - 1) for t_index in range(sch.T - 1, -1, -1)], None
     else:
         eta = float(kind.split("=")[1])
         x = S.final(S.ddim(gauss.eps_model(sch), x_T, sch, 10, eta=eta, generator=_gen()))

@@ -47,27 +47,27 @@ def exact_endpoint(schedule, x_T):
 
 
 def naive_dpm_solver_2m(eps_fn, x_T, alpha_bar, t_indices):
-    """Lu et al. 2022, Alg. 2 written out in float64 numpy, with a first-order final step to sigma = 0."""
+    """Lu et al. 2022, Alg. 2 written out in float64 numpy, with a first-order final step to sigma_t = 0."""
     x = np.array(x_T, dtype=np.float64)
     ts = list(t_indices) + [None]
-    alpha = lambda t: 1.0 if t is None else math.sqrt(alpha_bar[t])          # noqa: E731
-    sigma = lambda t: 0.0 if t is None else math.sqrt(1.0 - alpha_bar[t])    # noqa: E731
-    lam = lambda t: math.log(alpha(t) / sigma(t))                             # noqa: E731
+    alpha_t = lambda t: 1.0 if t is None else math.sqrt(alpha_bar[t])          # noqa: E731
+    sigma_t = lambda t: 0.0 if t is None else math.sqrt(1.0 - alpha_bar[t])    # noqa: E731
+    lam = lambda t: math.log(alpha_t(t) / sigma_t(t))                             # noqa: E731
     data_preds, xs = [], []
     for i in range(len(ts) - 1):
         s, t = ts[i], ts[i + 1]
-        data_preds.append((x - sigma(s) * eps_fn(x, s)) / alpha(s))
+        data_preds.append((x - sigma_t(s) * eps_fn(x, s)) / alpha_t(s))
         if t is None:
             x = data_preds[-1]
         elif i == 0:
             h = lam(t) - lam(s)
-            x = sigma(t) / sigma(s) * x - alpha(t) * (math.exp(-h) - 1.0) * data_preds[-1]
+            x = sigma_t(t) / sigma_t(s) * x - alpha_t(t) * (math.exp(-h) - 1.0) * data_preds[-1]
         else:
             h = lam(t) - lam(s)
             h_prev = lam(s) - lam(ts[i - 1])
             r = h_prev / h
             D = (1 + 1 / (2 * r)) * data_preds[-1] - 1 / (2 * r) * data_preds[-2]
-            x = sigma(t) / sigma(s) * x - alpha(t) * (math.exp(-h) - 1.0) * D
+            x = sigma_t(t) / sigma_t(s) * x - alpha_t(t) * (math.exp(-h) - 1.0) * D
         xs.append(x)
     return xs, data_preds
 

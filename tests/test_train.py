@@ -59,14 +59,14 @@ def test_first_step_loss_matches_hand_computation(pred):
     rec = next(train_steps(st, x, sch, steps=1, batch_size=8, lr=1e-3, seed=5))
     g = step_generator(5, 0)
     idx = torch.randint(0, x.shape[0], (8,), generator=g)
-    t = torch.randint(0, 50, (8,), generator=g)
+    t_index = torch.randint(0, 50, (8,), generator=g)
     eps = torch.randn((8, 2), generator=g)
-    ab = torch.as_tensor(sch.alpha_bar[t.numpy()], dtype=torch.float64)[:, None]
+    ab = torch.as_tensor(sch.alpha_bar[t_index.numpy()], dtype=torch.float64)[:, None]
     x0 = x[idx].double()
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps.double()
     target = {"eps": eps.double(), "x0": x0, "v": ab.sqrt() * eps.double() - (1 - ab).sqrt() * x0}[pred]
     with torch.no_grad():
-        out = net(xt.float(), t).double()
+        out = net(xt.float(), t_index).double()
     assert rec.loss == pytest.approx(float(((out - target) ** 2).mean()), rel=1e-5)
 
 
@@ -87,9 +87,9 @@ def test_label_dropout_uses_null_class():
     st = _state(cfg)
     orig = st.model.forward
 
-    def spy(x, t, y=None):
+    def spy(x, t_index, y=None):
         seen.append(y.clone())
-        return orig(x, t, y)
+        return orig(x, t_index, y)
 
     st.model.forward = spy
     x = torch.randn(100, 2)

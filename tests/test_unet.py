@@ -64,18 +64,18 @@ def test_batch_independence_and_time_dependence():
     """Each sample's output depends only on its own input (GroupNorm is per sample), and on t_index."""
     m = _perturb(build_model(SMALL)).eval()
     x = torch.randn(4, 1, 8, 8)
-    t = torch.tensor([10, 20, 30, 40])
-    full = m(x, t)
-    torch.testing.assert_close(full[2:3], m(x[2:3], t[2:3]), atol=1e-5, rtol=1e-5)
-    assert (m(x, t + 400) - full).abs().max() > 1e-3
+    t_index = torch.tensor([10, 20, 30, 40])
+    full = m(x, t_index)
+    torch.testing.assert_close(full[2:3], m(x[2:3], t_index[2:3]), atol=1e-5, rtol=1e-5)
+    assert (m(x, t_index + 400) - full).abs().max() > 1e-3
 
 
 def test_labels_change_output_and_null_is_default():
     m = _perturb(build_model(dataclasses.replace(SMALL, num_classes=10))).eval()
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([100, 100])
-    null = m(x, t, torch.tensor([10, 10]))
-    torch.testing.assert_close(m(x, t, None), null)
-    assert (m(x, t, torch.tensor([3, 3])) - null).abs().max() > 1e-3
+    x, t_index = torch.randn(2, 1, 8, 8), torch.tensor([100, 100])
+    null = m(x, t_index, torch.tensor([10, 10]))
+    torch.testing.assert_close(m(x, t_index, None), null)
+    assert (m(x, t_index, torch.tensor([3, 3])) - null).abs().max() > 1e-3
 
 
 def test_mlp_interface_and_conditioning():
@@ -91,12 +91,12 @@ def test_mlp_interface_and_conditioning():
 def test_as_eps_model_converts_with_forward(pred):
     sch = Schedule.linear(T=100)
     m = _perturb(build_model(dataclasses.replace(SMALL, prediction=pred))).eval()
-    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 50, 99])
-    raw = m(x, t)
-    ab = sch.at("alpha_bar", t.numpy(), x)
+    x, t_index = torch.randn(3, 1, 8, 8), torch.tensor([5, 50, 99])
+    raw = m(x, t_index)
+    ab = sch.at("alpha_bar", t_index.numpy(), x)
     ref = {"eps": lambda: raw, "v": lambda: forward.v_to_eps(x, raw, ab),
            "x0": lambda: forward.x0_to_eps(x, raw, ab)}[pred]()
-    torch.testing.assert_close(as_eps_model(m, sch)(x, t), ref)
+    torch.testing.assert_close(as_eps_model(m, sch)(x, t_index), ref)
 
 
 def test_classifier_free_guidance_formula():
@@ -105,16 +105,16 @@ def test_classifier_free_guidance_formula():
     sch = Schedule.linear(T=100)
     for pred in ("eps", "v"):
         m = _perturb(build_model(dataclasses.replace(SMALL, num_classes=10, prediction=pred))).eval()
-        x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 60)
+        x, t_index = torch.randn(4, 1, 8, 8), torch.full((4,), 60)
         y = torch.tensor([0, 3, 5, 9])
-        cond = as_eps_model(m, sch, y=y)(x, t)
-        uncond = as_eps_model(m, sch)(x, t)
+        cond = as_eps_model(m, sch, y=y)(x, t_index)
+        uncond = as_eps_model(m, sch)(x, t_index)
         w = 2.5
-        torch.testing.assert_close(as_eps_model(m, sch, y=y, guidance_scale=w)(x, t), (1 + w) * cond - w * uncond,
+        torch.testing.assert_close(as_eps_model(m, sch, y=y, guidance_scale=w)(x, t_index), (1 + w) * cond - w * uncond,
                                    atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(as_eps_model(m, sch, y=y, guidance_scale=0.0)(x, t), cond)
+        torch.testing.assert_close(as_eps_model(m, sch, y=y, guidance_scale=0.0)(x, t_index), cond)
         # an int label broadcasts and an int t_index works as the samplers pass it
-        torch.testing.assert_close(as_eps_model(m, sch, y=3)(x, 60), as_eps_model(m, sch, y=torch.full((4,), 3))(x, t))
+        torch.testing.assert_close(as_eps_model(m, sch, y=3)(x, 60), as_eps_model(m, sch, y=torch.full((4,), 3))(x, t_index))
 
 
 def test_as_eps_model_grad_only_when_x_requires_grad():

@@ -35,8 +35,8 @@ class Record:
 
 
 def _records(n=4):
-    for t in reversed(range(n)):
-        yield Record(t, torch.full((2, 1, 8, 8), t / n), torch.full((2, 1, 8, 8), -t / n))
+    for t_index in reversed(range(n)):
+        yield Record(t_index, torch.full((2, 1, 8, 8), t_index / n), torch.full((2, 1, 8, 8), -t_index / n))
 
 
 def test_slider_swaps_image_and_label():
