@@ -98,7 +98,7 @@ def eps_to_v(x_t, eps, alpha_bar):
 
 
 def eps_to_score(eps, alpha_bar):
-    """``grad log q_t(x_t) = -eps / sqrt(1-ab)`` (Vincent 2011; Song et al. 2021, eq. 7 for VP)."""
+    """``grad log q_t(x_t) = -eps / sqrt(1-ab)`` (Vincent 2011; Song et al. 2021a, eq. 7 for VP)."""
     return -eps / (1 - _ab(alpha_bar, eps)).sqrt()
 
 

@@ -11,7 +11,7 @@ interpolants, each an immutable :class:`Interpolant`:
 * ``trig`` -- ``alpha_t = cos(pi t / 2)``, ``sigma_t = sin(pi t / 2)`` (Albergo & Vanden-Eijnden 2023, Sec. 3):
   variance preserving with a constant angular speed.
 * ``vp`` -- the DDPM/VP path in continuous time, ``alpha_t = exp(-B(t)/2)``, ``sigma_t = sqrt(1 - alpha_t^2)``,
-  read from :class:`minidiff.sde.VPSDE` (Song et al. 2021b, eq. 29), so ``alpha_t^2`` is the DDPM
+  read from :class:`minidiff.sde.VPSDE` (Song et al. 2021a, eq. 29), so ``alpha_t^2`` is the DDPM
   ``alpha_bar`` of :meth:`minidiff.sde.VPSDE.to_schedule`.
 
 Prediction kinds, one meaning each (all at the same ``(x_t, t)``):
@@ -87,7 +87,7 @@ class Interpolant:
 
     @classmethod
     def vp(cls, sde: VPSDE | None = None) -> "Interpolant":
-        """The VP SDE's perturbation kernel as an interpolant (Song et al. 2021b, eq. 29)."""
+        """The VP SDE's perturbation kernel as an interpolant (Song et al. 2021a, eq. 29)."""
         return cls("vp", sde if sde is not None else VPSDE())
 
     @property

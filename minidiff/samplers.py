@@ -175,7 +175,7 @@ def _ddpm(model, x, schedule, src, clip_x0, backend):
 def ddim(model, x_T, schedule: Schedule, n_steps: int, *, eta: float = 0.0,
          generator: torch.Generator | None = None, clip_x0=None, noise=None,
          backend: str | None = None) -> Iterator[Step]:
-    """DDIM (Song et al. 2021a, eq. 12, with ``ddim_sigma(eta)`` of eq. 16) on the ``n_steps``
+    """DDIM (Song et al. 2021b, eq. 12, with ``ddim_sigma(eta)`` of eq. 16) on the ``n_steps``
     descending indices ``schedule.timesteps(n_steps)``, the last step going to the data (``t_index = -1``):
     ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - ddim_sigma^2) eps + ddim_sigma z``. ``eta = 0`` is the
     deterministic DDIM (a first-order solver of the probability-flow ODE); ``eta = 1`` is DDPM-like.
@@ -267,7 +267,7 @@ def _check_sde_args(x_T, sde, n_steps, t_min):
 def euler_maruyama(score_fn, x_T, sde, n_steps: int, *, generator: torch.Generator | None = None,
                    t_min: float = 1e-3, noise=None, backend: str | None = None) -> Iterator[Step]:
     """Euler-Maruyama on the reverse-time SDE ``dx = [f(t) x - g(t)^2 score] dt + g(t) dw_bar``
-    (Anderson 1982; Song et al. 2021b, eq. 6 and App. D) on the uniform grid from ``t = 1`` to ``t_min``:
+    (Anderson 1982; Song et al. 2021a, eq. 6 and App. D) on the uniform grid from ``t = 1`` to ``t_min``:
     ``x <- x - [f x - g^2 score] dt + g sqrt(dt) z``. ``x_T`` from ``sde.prior_sample``. Yields
     ``n_steps`` records with ``t`` and the Tweedie ``x0``. Noise counter: ``step = index``."""
     x_T, ts = _check_sde_args(x_T, sde, n_steps, t_min)
@@ -287,7 +287,7 @@ def _euler_maruyama(score_fn, x, sde, ts, src, backend):
 def predictor_corrector(score_fn, x_T, sde, n_steps: int, *, snr: float = 0.16, n_corrector: int = 1,
                         generator: torch.Generator | None = None, t_min: float = 1e-3, noise=None,
                         backend: str | None = None) -> Iterator[Step]:
-    """Predictor-corrector sampling (Song et al. 2021b, Algorithms 2 (VE) and 3 (VP)) on the uniform grid
+    """Predictor-corrector sampling (Song et al. 2021a, Algorithms 2 (VE) and 3 (VP)) on the uniform grid
     from ``t = 1`` to ``t_min``. Predictor: reverse diffusion, the ancestral step of the SDE's own
     discretisation ``(F, G) = sde.discretize(t, dt)``: ``x <- (1 - F) x + G^2 score(x, t) + G z``.
     Corrector (``n_corrector`` times at the new time): Langevin ``x <- x + e score + sqrt(2 e) z`` with

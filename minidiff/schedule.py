@@ -7,7 +7,7 @@ One noise coordinate per name, its unit in the name:
 * ``t`` -- continuous time in ``(0, 1]`` used only by :mod:`minidiff.sde`; ``t = (t_index + 1) / T``.
 * ``alpha_bar`` -- the signal fraction ``prod_{s<=i} (1 - beta_s)``: ``x_t = sqrt(alpha_bar) x_0 + sqrt(1-alpha_bar) eps``.
 * ``sigma`` -- the variance-exploding noise level of the same marginal after rescaling,
-  ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` (Karras et al. 2022, eq. 5 / Song et al. 2021, App. B).
+  ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` (Karras et al. 2022, eq. 5 / Song et al. 2021a, App. B).
 
 Everything is computed in float64 and cast to the data's dtype and device at use (:meth:`Schedule.at`).
 """

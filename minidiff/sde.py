@@ -1,4 +1,4 @@
-"""Variance-preserving and variance-exploding SDEs (Song et al. 2021b, "Score-Based Generative
+"""Variance-preserving and variance-exploding SDEs (Song et al. 2021a, "Score-Based Generative
 Modeling through Stochastic Differential Equations", eqs. 9-11 and App. B).
 
 This is the only module that speaks continuous time ``t`` in ``(0, 1]``. Both SDEs have a drift that
@@ -59,7 +59,7 @@ def check_t(t, name: str = "t") -> float:
 
 def tweedie_x0(x, score, *, mean_scale: float = 1.0, std: float):
     """Tweedie's formula for ``x = mean_scale x_0 + std eps``:
-    ``E[x_0 | x] = (x + std^2 score) / mean_scale`` (Efron 2011; Song et al. 2021b, App. B).
+    ``E[x_0 | x] = (x + std^2 score) / mean_scale`` (Efron 2011; Song et al. 2021a, App. B).
     With ``mean_scale = 1`` and ``std = sigma`` it is NCSN's denoiser ``x + sigma^2 score``."""
     return (x + std * std * score) / mean_scale
 
@@ -83,20 +83,20 @@ class _LinearSDE:
 
     # ------------------------------------------------------------------ drifts given a score
     def reverse_drift(self, x, score, t):
-        """Drift of the reverse-time SDE ``f(x, t) - g(t)^2 score`` (Anderson 1982; Song et al. 2021b,
+        """Drift of the reverse-time SDE ``f(x, t) - g(t)^2 score`` (Anderson 1982; Song et al. 2021a,
         eq. 6), to be integrated backwards in time: ``dx = [f - g^2 score] dt + g dw_bar``."""
         t = check_t(t)
         return self.drift_coef(t) * x - self.diffusion(t) ** 2 * score
 
     def pf_ode_drift(self, x, score, t):
-        """Drift of the probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score / 2`` (Song et al. 2021b,
+        """Drift of the probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score / 2`` (Song et al. 2021a,
         eq. 13): its solutions have the same marginals as the SDE."""
         t = check_t(t)
         return self.drift_coef(t) * x - 0.5 * self.diffusion(t) ** 2 * score
 
     def x0_from_score(self, x, score, t):
         """Tweedie's denoised estimate ``E[x_0 | x_t] = (x_t + marginal_std^2 score) / mean_scale``
-        (Efron 2011; Song et al. 2021b, App. B)."""
+        (Efron 2011; Song et al. 2021a, App. B)."""
         t = check_t(t)
         return tweedie_x0(x, score, mean_scale=self.mean_scale(t), std=self.marginal_std(t))
 
@@ -108,7 +108,7 @@ class _LinearSDE:
 
     @staticmethod
     def time_grid(n_steps: int, t_min: float = 1e-3) -> np.ndarray:
-        """``n_steps + 1`` descending times, uniform from ``1`` to ``t_min`` (Song et al. 2021b's
+        """``n_steps + 1`` descending times, uniform from ``1`` to ``t_min`` (Song et al. 2021a's
         samplers); float64."""
         n_steps = _c.check_count(n_steps, "n_steps")
         if not 0.0 <= float(t_min) < 1.0:
@@ -124,7 +124,7 @@ class _LinearSDE:
 @dataclass(frozen=True)
 class VPSDE(_LinearSDE):
     """Variance-preserving SDE ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw`` with
-    ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021b, eq. 11; App. B): the
+    ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021a, eq. 11; App. B): the
     continuum limit of the DDPM chain. Perturbation kernel (eq. 29):
     ``x_t = exp(-B(t)/2) x_0 + sqrt(1 - exp(-B(t))) eps`` with ``B(t) = int_0^t beta``."""
 
@@ -168,7 +168,7 @@ class VPSDE(_LinearSDE):
     def discretize(self, t, dt):
         """The exact forward transition from ``t - dt`` to ``t`` as ``(drift_coef, diffusion)`` of a unit
         step ``x_t = (1 + drift_coef) x_{t-dt} + diffusion z``: DDPM's ``(sqrt(1 - beta_i) - 1, sqrt(beta_i))``
-        with ``beta_i = 1 - exp(-int_{t-dt}^t beta) = beta(t) dt + O(dt^2)`` (Song et al. 2021b, eq. 10;
+        with ``beta_i = 1 - exp(-int_{t-dt}^t beta) = beta(t) dt + O(dt^2)`` (Song et al. 2021a, eq. 10;
         their ``VPSDE.discretize`` uses the first-order ``beta(t) dt``, which exceeds 1 for coarse grids).
         The products of ``1 - beta_i`` telescope to :meth:`alpha_bar` exactly."""
         t, dt = check_t(t), check_dt(dt)
@@ -178,7 +178,7 @@ class VPSDE(_LinearSDE):
 
     def to_schedule(self, T: int = 1000) -> Schedule:
         """The DDPM chain this SDE discretises: ``beta_i = beta(t_i) / T`` at ``t_i = (i + 1) / T``
-        (Song et al. 2021b, App. B; ``t_index = i``). Its ``alpha_bar`` matches :meth:`alpha_bar` at
+        (Song et al. 2021a, App. B; ``t_index = i``). Its ``alpha_bar`` matches :meth:`alpha_bar` at
         ``t_i`` within ``O(1 / T)``."""
         from .schedule import _check_T
 
@@ -207,9 +207,9 @@ class VPSDE(_LinearSDE):
 class VESDE(_LinearSDE):
     """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw`` with geometric
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, so ``g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min))``
-    (Song et al. 2021b, eq. 9; App. B): the continuum limit of NCSN's noise levels.
+    (Song et al. 2021a, eq. 9; App. B): the continuum limit of NCSN's noise levels.
 
-    Convention (NCSN's, Song et al. 2021b App. B): ``x(0)`` is the data perturbed at ``sigma_min``, so
+    Convention (NCSN's, Song et al. 2021a App. B): ``x(0)`` is the data perturbed at ``sigma_min``, so
     the marginal at ``t`` is ``x_0 + sigma(t) eps`` exactly and the data's own noise level is
     ``sigma_min`` (0.01 by default, invisible at the scales used here)."""
 
@@ -252,7 +252,7 @@ class VESDE(_LinearSDE):
 
     def discretize(self, t, dt):
         """NCSN's step from ``t - dt`` to ``t``, ``x_t = x_{t-dt} + sqrt(sigma(t)^2 - sigma(t-dt)^2) z``,
-        as ``(drift_coef, diffusion) = (0, sqrt(sigma(t)^2 - sigma(t - dt)^2))`` (Song et al. 2021b, eq. 8)."""
+        as ``(drift_coef, diffusion) = (0, sqrt(sigma(t)^2 - sigma(t - dt)^2))`` (Song et al. 2021a, eq. 8)."""
         s, s_prev = self.sigma(t), self.sigma(max(check_t(t) - check_dt(dt), 0.0))
         return 0.0, math.sqrt(s * s - s_prev * s_prev)
 
@@ -279,7 +279,7 @@ def mixture_score(mixture, sde):
 def score_from_eps_model(model, schedule: Schedule):
     """``score_fn(x, t)`` from an eps-prediction network ``model(x, t_index_tensor)`` trained on
     ``schedule``: the nearest ``t_index`` to ``t`` (``t = (t_index + 1) / T``) and
-    ``score = -eps / sqrt(1 - alpha_bar)`` (Song et al. 2021b, eq. 7 / Vincent 2011).
+    ``score = -eps / sqrt(1 - alpha_bar)`` (Song et al. 2021a, eq. 7 / Vincent 2011).
     Use with ``VPSDE.from_schedule(schedule)`` so the SDE and the network agree on ``alpha_bar``."""
     from .forward import eps_to_score
 

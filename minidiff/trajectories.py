@@ -157,7 +157,7 @@ def ddpm_exact(gm, x_T, schedule, *, seed=None, clip_x0=None):
 
 
 def ddim_exact(gm, x_T, schedule, n_steps: int, eta: float = 0.0, seed=None, *, clip_x0=None):
-    """DDIM (Song et al. 2021a, eq. 12, ``ddim_sigma(eta)`` of eq. 16) on ``schedule.timesteps(n_steps)``,
+    """DDIM (Song et al. 2021b, eq. 12, ``ddim_sigma(eta)`` of eq. 16) on ``schedule.timesteps(n_steps)``,
     the last step to the data, with the exact eps; with clipping, eps is recomputed from the clipped
     ``x0`` as :func:`minidiff.backend.ddim_step` does. Noise counter (``eta > 0``): ``step = index``,
     none on the last step. Returns the samples ``(B, d)``."""
@@ -254,14 +254,14 @@ def _score_run(gm, sde, x_T, n_steps, t_min, kind, seed):
 
 
 def euler_maruyama_exact(gm, x_T, sde, n_steps: int, *, seed=None, t_min: float = 1e-3):
-    """Euler-Maruyama on the reverse SDE (Song et al. 2021b, eq. 6) from ``t = 1`` to ``t_min`` with the
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021a, eq. 6) from ``t = 1`` to ``t_min`` with the
     exact score of ``gm.noised(sde.mean_scale(t), sde.marginal_std(t))``, as
     :func:`minidiff.samplers.euler_maruyama`; noise counter ``step = index``. Returns ``(B, d)``."""
     return _score_run(gm, sde, x_T, n_steps, t_min, "em", seed)
 
 
 def pf_ode_euler_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):
-    """Euler on the probability-flow ODE (Song et al. 2021b, eq. 13) with the exact score, as
+    """Euler on the probability-flow ODE (Song et al. 2021a, eq. 13) with the exact score, as
     :func:`minidiff.samplers.pf_ode_euler`. Deterministic. Returns ``(B, d)``."""
     return _score_run(gm, sde, x_T, n_steps, t_min, "euler", None)
 

@@ -81,7 +81,7 @@ def _anisotropic_gmm():
 
 def test_pf_ode_likelihood_is_exact_on_gaussian_mixture():
     """log p at t_index = 0 by the probability-flow ODE (exact trace, every t_index) equals the closed-form
-    density of the noised mixture (Song et al. 2021b, App. D) up to the ODE's discretisation error."""
+    density of the noised mixture (Song et al. 2021a, App. D) up to the ODE's discretisation error."""
     sch = Schedule.linear()
     gm = _anisotropic_gmm()
     x = gm.sample(16, generator=torch.Generator().manual_seed(3))

@@ -99,7 +99,7 @@ def test_ddpm_reproduces_the_mixture():
 
 @pytest.mark.parametrize("eta, n_steps, width_rtol", [(0.0, 50, 0.10), (1.0, 100, 0.15)])
 def test_ddim_reproduces_the_mixture(eta, n_steps, width_rtol):
-    """Song et al. 2021a, eq. 12. With eta = 1 and 100 steps the ancestral chain itself is 9% narrow for
+    """Song et al. 2021b, eq. 12. With eta = 1 and 100 steps the ancestral chain itself is 9% narrow for
     width-0.3 data (exact Gaussian recursion, see below), hence the wider width tolerance there."""
     x = S.final(S.ddim(GM.eps_model(SCH_1000), _prior((N, 2)), SCH_1000, n_steps, eta=eta, generator=_gen()))
     assert_reproduces(x, GM, width_rtol=width_rtol, label=f"ddim eta={eta} n={n_steps}")
@@ -148,7 +148,7 @@ def test_annealed_langevin_reproduces_the_mixture_at_the_last_noise_level():
 # ============================================================================ Gaussian data: closed form
 def _gaussian_chain_moments(schedule, pairs, *, mu, var0, eta=None):
     """Naive float64 reference. Data N(mu, var0) in 1-D: the exact eps is affine in x, so each DDPM
-    (``eta=None``, Ho et al. eqs. 7, 15) or DDIM (Song et al. 2021a, eqs. 12, 16) step maps
+    (``eta=None``, Ho et al. eqs. 7, 15) or DDIM (Song et al. 2021b, eqs. 12, 16) step maps
     ``x -> A x + b + std z`` and the sample mean and variance follow in closed form from N(0, 1)."""
     mean, var = 0.0, 1.0
     for t_index, t_index_prev in pairs:
@@ -240,7 +240,7 @@ def test_pf_ode_solvers_converge_at_orders_one_and_two(name):
 
 
 def test_ddim_error_falls_with_steps_at_first_order():
-    """DDIM (eta = 0) is a first-order solver of the probability-flow ODE (Song et al. 2021a, Sec. 4.3):
+    """DDIM (eta = 0) is a first-order solver of the probability-flow ODE (Song et al. 2021b, Sec. 4.3):
     coupled against the full T = 200-step DDIM chain."""
     sch = Schedule.linear(200)
     x_T = _prior((200, 2), seed=4)

@@ -25,7 +25,7 @@ def _simulate_forward(sde, x0, t_end, n_steps, generator):
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_marginal_mean_and_std_match_simulated_forward_sde(sde):
-    """The closed-form perturbation kernel (Song et al. 2021b, eq. 29 / App. B) against EM simulation.
+    """The closed-form perturbation kernel (Song et al. 2021a, eq. 29 / App. B) against EM simulation.
     VE: x(0) is the data perturbed at sigma_min (NCSN convention), so the marginal std is sigma(t)."""
     g = torch.Generator().manual_seed(0)
     n, x_data = 20000, 1.5
@@ -59,7 +59,7 @@ def test_closed_form_moments_solve_the_fokker_planck_moment_equations(sde, data_
 def test_reverse_and_probability_flow_drifts_retrace_gaussian_marginals(sde):
     """Data N(0, var_0): the marginal is N(0, v(t)) with score -x / v. The reverse SDE (Anderson 1982)
     run backwards must retrace v: ``dv/dt = 2 b v - g^2`` for its linear drift ``b``; the PF-ODE moves
-    every point along ``x(t) ~ sqrt(v(t))``: its drift is ``x v' / (2 v)`` (Song et al. 2021b, eqs. 6, 13)."""
+    every point along ``x(t) ~ sqrt(v(t))``: its drift is ``x v' / (2 v)`` (Song et al. 2021a, eqs. 6, 13)."""
     var_0, h = 0.3, 1e-6
     var = lambda t: sde.mean_scale(t) ** 2 * var_0 + sde.marginal_std(t) ** 2  # noqa: E731
     x = torch.tensor([-3.0, -1.0, -0.2, 0.5, 2.0], dtype=torch.float64)[:, None]  # x = 0 would divide by 0
@@ -72,7 +72,7 @@ def test_reverse_and_probability_flow_drifts_retrace_gaussian_marginals(sde):
 
 
 def test_vp_discretisation_is_the_ddpm_chain_within_order_one_over_T():
-    """``beta_i = beta(t_i) / T`` (Song et al. 2021b, App. B): the chain's alpha_bar matches
+    """``beta_i = beta(t_i) / T`` (Song et al. 2021a, App. B): the chain's alpha_bar matches
     ``exp(-int beta)`` at ``t_i = (i+1)/T`` with an error that halves when T doubles."""
     sde = VPSDE()
     errs = []
@@ -114,7 +114,7 @@ def test_vp_from_schedule_inverts_to_schedule_and_reads_ddpm_linear():
 
 def test_ve_is_the_ncsn_chain():
     """NCSN's geometric noise levels (Song & Ermon 2019) and the chain
-    ``x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z`` (Song et al. 2021b, eq. 8), whose variances
+    ``x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z`` (Song et al. 2021a, eq. 8), whose variances
     telescope to ``sigma(t)^2 - sigma_min^2``."""
     sde = VESDE(sigma_min=0.01, sigma_max=50.0)
     np.testing.assert_allclose(sde.sigmas(10), np.exp(np.linspace(np.log(50.0), np.log(0.01), 10)), rtol=1e-12)

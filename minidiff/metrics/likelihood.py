@@ -54,10 +54,10 @@ def _divergence(f, y, probes):
 def log_likelihood(eps_model, x, schedule, *, n_steps: int | None = None, trace: str = "hutchinson",
                    n_probes: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """``log p(x)`` (nats, ``(N,)`` float64) of the model's marginal at ``t_index = 0`` by the
-    probability-flow ODE (Song et al. 2021b, Sec. 4.3 and App. D; Chen et al. 2018 instantaneous change
+    probability-flow ODE (Song et al. 2021a, Sec. 4.3 and App. D; Chen et al. 2018 instantaneous change
     of variables; FFJORD, Grathwohl et al. 2018).
 
-    The ODE is integrated in the VE coordinates of DDIM (Song et al. 2021a, eq. 14):
+    The ODE is integrated in the VE coordinates of DDIM (Song et al. 2021b, eq. 14):
     ``y = x / sqrt(ab)``, ``sigma = sqrt((1 - ab)/ab)``, ``dy/dsigma = eps(sqrt(ab) y, t_index)``, so
     ``log p_0(y_0) = log p_T(y_T) + int div_y eps dsigma`` and ``div_y = sqrt(ab) div_x``. Heun's method runs
     on ``n_steps`` intervals of the ``t_index`` grid (``None``: every index ``0..T-1``), so the model is
