@@ -324,10 +324,7 @@ class FlowMatchingObjective:
     interpolant: str = "linear"
     coupling: str = "independent"
 
-    def draw(self, g: torch.Generator, batch_size: int, shape: tuple[int, ...], schedule: Schedule):
-        t_index = torch.randint(0, schedule.T, (batch_size,), generator=g)        # (B,)
-        noise = torch.randn((batch_size,) + tuple(shape), generator=g)           # (B, ...)
-        return t_index, noise
+    draw = DDPMObjective.draw  # the same draws: t_index ~ U{0..T-1}, eps ~ N(0, I)
 
     def loss(self, net: nn.Module, x0, time, noise, y, schedule: Schedule) -> torch.Tensor:
         from .flow import flow_matching_loss
