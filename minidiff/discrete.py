@@ -82,9 +82,8 @@ def _check_kind(kind):
 
 
 def _check_K(K, kind):
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < (3 if kind == "absorbing" else 2):
-        raise ValueError(f"K must be an int >= {3 if kind == 'absorbing' else 2} for the {kind} kernel "
-                         f"(absorbing counts the mask token), got {K!r}")
+    """``K`` states: at least 2, or 3 for the absorbing kernel (which counts the mask token)."""
+    return _c.check_count(K, "K", 3 if kind == "absorbing" else 2)
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,6 +32,7 @@ import math
 import numpy as np
 import torch
 
+from . import _checks
 from . import backend as _backend
 
 __all__ = ["ddpm_exact", "ddim_exact", "dpm_solver_2m_exact", "euler_maruyama_exact", "pf_ode_euler_exact",
@@ -60,8 +61,8 @@ def _check_x(x_T, gm):
 
 
 def _check_seed(seed, needed: bool):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed is not None:
+        _checks.check_int(seed, "seed")
     if needed and seed is None:
         raise ValueError("this sampler draws noise: pass seed= (an int)")
     return 0 if seed is None else int(seed)
