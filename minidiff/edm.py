@@ -21,7 +21,9 @@ where ``D(x; sigma) = E[x_0 | x]`` is the ideal denoiser. This module holds
   :func:`minidiff.samplers.ddim` / :func:`~minidiff.samplers.ddpm` / :func:`minidiff.solvers.dpm_solver_2m`
   and the fused :mod:`minidiff.trajectories`, :func:`grid_vp_sde` for the PF-ODE and SDE samplers,
   :class:`SigmaODE` for the fused Heun-in-sigma), so every sampler of the course runs on one given grid
-  and a race compares solvers, not grids.
+  and a race compares solvers, not grids;
+* classifier-free guidance on an exact class-conditional mixture (:func:`guided_denoiser`, limited to an
+  interval of noise levels as in Kynkaenniemi et al. 2024) and the tilted density it is often mistaken for.
 
 A denoiser here is ``denoiser(x, sigma) -> x0_hat`` with ``x`` ``(B, ...)`` in the VE coordinate and
 ``sigma`` a Python float.
@@ -45,7 +47,8 @@ __all__ = [
     "c_skip", "c_out", "c_in", "c_noise", "Precond", "EDMObjective", "edm_loss",
     "karras_sigmas", "log_snr_sigmas", "vp_uniform_t_sigmas", "t_index_sigmas",
     "heun", "stochastic", "grid_schedule", "grid_vp_sde", "SigmaODE",
-    "mixture_denoiser", "eps_model_on_grid", "denoiser_as_eps_model",
+    "mixture_denoiser", "eps_model_on_grid", "denoiser_as_eps_model", "euler", "precond_denoiser", "loss_weight",
+    "component", "guided_denoiser", "tilted_log_density", "sample_on_grid",
 ]
 
 SIGMA_DATA = 0.5   # Karras et al. 2022, Table 1 (their images in [-1, 1]; digits here too)
@@ -463,3 +466,56 @@ def _sample_sigma(denoiser, x, sigmas, s_churn, s_tmin, s_tmax, s_noise, src, se
                                                 backend=backend)
         x = _checked(x_euler, i, f"sigma={sig}, sigma_hat={sig_hat}")
         yield Step(index=i, x=x, x0=x0, sigma=sig)
+
+
+# ============================================================================ guidance on an exact mixture
+def component(gm, y: int):
+    """Class ``y`` of a mixture whose classes are its components: ``p(x | y) = N(mu_y, S_y)``."""
+    from .data import GaussianMixture
+
+    y = _c.check_index(y, "y", gm.n_components)
+    return GaussianMixture(torch.ones(1, dtype=torch.float64), gm.means[y:y + 1], gm.covs[y:y + 1])
+
+
+def guided_denoiser(cond, uncond, w: float, sigma_range=(0.0, math.inf)):
+    """Classifier-free guidance on denoisers, ``D_w = D(x; sigma | y) + w [D(x; sigma | y) - D(x; sigma)]``
+    (Ho & Salimans 2022, eq. 6, in x0 form; equivalently the score ``grad log p_sigma(x | y) + w grad log
+    p_sigma(y | x)``), applied only for ``sigma`` in ``sigma_range = (lo, hi]`` and plain conditional
+    elsewhere: guidance limited to an interval of noise levels (Kynkaenniemi et al. 2024, eq. 2)."""
+    w = _c.check_nonnegative(w, "w")
+    lo, hi = (float(v) for v in sigma_range)
+    if not 0.0 <= lo < hi:
+        raise ValueError(f"sigma_range must be (lo, hi] with 0 <= lo < hi, got {sigma_range}")
+
+    def denoiser(x, sigma):
+        c = cond(x, sigma)
+        return c + w * (c - uncond(x, sigma)) if lo < sigma <= hi else c
+
+    return denoiser
+
+
+def tilted_log_density(gm, y: int, w: float):
+    """``log p(x | y) + w log p(y | x) = (1 + w) log p(x | y) - w log p(x)`` up to a constant: the density
+    that guidance would sample if it acted on the data distribution alone (it does not: the guided score of
+    each noise level is the tilt of *that* level's marginal, Ho & Salimans 2022, Sec. 3.1)."""
+    w = _c.check_nonnegative(w, "w")
+    cy = component(gm, y)
+    return lambda x: (1.0 + w) * cy.log_prob(x) - w * gm.log_prob(x)
+
+
+def sample_on_grid(log_density, n: int, *, lim=(-3.0, 3.0, -3.0, 3.0), bins: int = 400,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` samples ``(n, 2)`` of a 2-D density given by its unnormalised ``log_density``: a cell of a
+    ``bins x bins`` grid over ``lim`` drawn with probability ``density x area`` (midpoint quadrature), then a
+    uniform point inside it. Exact as ``bins -> inf`` for a density negligible outside ``lim``."""
+    n = _c.check_count(n, "n")
+    x0, x1, y0, y1 = (float(v) for v in lim)
+    hx, hy = (x1 - x0) / bins, (y1 - y0) / bins
+    gx = x0 + hx * (torch.arange(bins, dtype=torch.float64) + 0.5)
+    gy = y0 + hy * (torch.arange(bins, dtype=torch.float64) + 0.5)
+    pts = torch.stack(torch.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)     # (bins^2, 2)
+    logp = log_density(pts)
+    p = torch.exp(logp - logp.max())
+    cell = torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
+    jitter = torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5
+    return pts[cell] + jitter * torch.tensor([hx, hy], dtype=torch.float64)

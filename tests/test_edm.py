@@ -248,3 +248,35 @@ def test_denoiser_as_eps_model_round_trip(gm):
     for t_index in range(sch.T):
         ti = torch.full((20,), t_index)
         torch.testing.assert_close(m(x, ti), gm.eps_model(sch)(x, ti), rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- guidance on the exact mixture
+def test_guided_denoiser_is_cfg_and_respects_interval(gm):
+    cond, uncond = edm.mixture_denoiser(edm.component(gm, 1)), edm.mixture_denoiser(gm)
+    x = _z(10)
+    for sigma in [0.1, 1.0, 10.0]:
+        want = 3.0 * cond(x, sigma) - 2.0 * uncond(x, sigma)             # (1 + w) D_y - w D, w = 2
+        torch.testing.assert_close(edm.guided_denoiser(cond, uncond, 2.0)(x, sigma), want)
+        # in score form: grad log p(x|y) + w grad log p(y|x), the class posterior's gradient by autograd
+        xr = x.clone().requires_grad_(True)
+        log_post = torch.log(gm.at_sigma(sigma).responsibilities(xr)[:, 1]).sum()
+        grad = torch.autograd.grad(log_post, xr)[0]
+        score_w = (want - x) / sigma**2
+        torch.testing.assert_close(score_w, edm.component(gm, 1).at_sigma(sigma).score(x) + 2.0 * grad,
+                                   rtol=1e-8, atol=1e-8)
+    limited = edm.guided_denoiser(cond, uncond, 2.0, sigma_range=(0.5, 2.0))
+    torch.testing.assert_close(limited(x, 0.1), cond(x, 0.1), rtol=0, atol=0)
+    torch.testing.assert_close(limited(x, 1.0), 3.0 * cond(x, 1.0) - 2.0 * uncond(x, 1.0))
+    with pytest.raises(ValueError, match="sigma_range"):
+        edm.guided_denoiser(cond, uncond, 1.0, sigma_range=(2.0, 1.0))
+
+
+def test_sample_on_grid_matches_component_moments(gm):
+    """At w = 0 the tilted density is p(x | y): grid samples have its mean and covariance."""
+    x = edm.sample_on_grid(edm.tilted_log_density(gm, 2, 0.0), 20000, generator=torch.Generator().manual_seed(0))
+    mu, std = gm.means[2], 0.4
+    assert torch.allclose(x.mean(0), mu, atol=4 * std / math.sqrt(20000) + 2e-3)
+    assert torch.allclose(x.std(0), torch.full((2,), std, dtype=torch.float64), rtol=0.03)
+    # the tilt with w > 0 pushes mass away from the other classes: p(y | x) rises on average
+    xw = edm.sample_on_grid(edm.tilted_log_density(gm, 2, 3.0), 20000, generator=torch.Generator().manual_seed(1))
+    assert gm.responsibilities(xw)[:, 2].mean() > gm.responsibilities(x)[:, 2].mean()
