@@ -48,7 +48,7 @@ __all__ = [
     "karras_sigmas", "log_snr_sigmas", "vp_uniform_t_sigmas", "t_index_sigmas",
     "heun", "stochastic", "grid_schedule", "grid_vp_sde", "SigmaODE",
     "mixture_denoiser", "eps_model_on_grid", "denoiser_as_eps_model", "euler", "precond_denoiser", "loss_weight",
-    "component", "guided_denoiser", "tilted_log_density", "sample_on_grid",
+    "component", "guided_denoiser", "tilted_log_density", "sample_on_grid", "load_edm_digits", "sample_heun",
 ]
 
 SIGMA_DATA = 0.5   # Karras et al. 2022, Table 1 (their images in [-1, 1]; digits here too)
@@ -519,3 +519,28 @@ def sample_on_grid(log_density, n: int, *, lim=(-3.0, 3.0, -3.0, 3.0), bins: int
     cell = torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
     jitter = torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5
     return pts[cell] + jitter * torch.tensor([hx, hy], dtype=torch.float64)
+
+
+# ============================================================================ the shipped EDM digits model
+def load_edm_digits() -> Precond:
+    """The shipped ``edm_digits`` model (``minidiff/weights/edm_digits.*``): the digits U-Net trained as ``F``
+    with :class:`EDMObjective`, wrapped as ``D(x; sigma) = Precond(net, kind="edm")``, eval mode.
+    Sample with :func:`heun` on :func:`karras_sigmas` from ``x_T = sigma_max z``."""
+    from .train import WEIGHTS_DIR, load_weights
+
+    net, schedule, meta = load_weights(WEIGHTS_DIR / "edm_digits.safetensors")
+    if meta.get("info", {}).get("preset") != "edm_digits":
+        raise ValueError("edm_digits.safetensors does not hold the edm_digits preset's weights")
+    return Precond(net, kind="edm", schedule=schedule).eval()
+
+
+def sample_heun(denoiser, shape, n_steps: int, *, seed: int = 0, sigma_min: float = SIGMA_MIN,
+                sigma_max: float = SIGMA_MAX, rho: float = RHO) -> torch.Tensor:
+    """``final(heun(denoiser, sigma_max z, karras_sigmas(n_steps, ...)))`` with ``z ~ N(0, I)`` from
+    ``torch.Generator().manual_seed(seed)``: ``2 n_steps - 1`` evaluations (Karras et al. 2022, Alg. 1)."""
+    from .samplers import final
+
+    z = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(_c.check_count(seed, "seed", 0)))
+    sigmas = karras_sigmas(n_steps, sigma_min, sigma_max, rho)
+    with torch.inference_mode():
+        return final(heun(denoiser, float(sigmas[0]) * z, sigmas, backend="torch"))
