@@ -23,7 +23,7 @@ where ``D(x; sigma) = E[x_0 | x]`` is the ideal denoiser. This module holds
   :class:`SigmaODE` for the fused Heun-in-sigma), so every sampler of the course runs on one given grid
   and a race compares solvers, not grids;
 * classifier-free guidance on an exact class-conditional mixture (:func:`guided_denoiser`, limited to an
-  interval of noise levels as in Kynkaenniemi et al. 2024) and the tilted density it is often mistaken for.
+  interval of noise levels as in Kynkäänniemi et al. 2024) and the tilted density it is often mistaken for.
 
 A denoiser here is ``denoiser(x, sigma) -> x0_hat`` with ``x`` ``(B, ...)`` in the VE coordinate and
 ``sigma`` a Python float.
@@ -59,7 +59,7 @@ SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0   # sampling grid, Table 1
 # ============================================================================ coordinates (each written once)
 def sigma_from_alpha_bar(alpha_bar):
     """``sigma = sqrt((1 - alpha_bar) / alpha_bar)``: the VE level of ``sqrt(ab) x_0 + sqrt(1 - ab) eps``
-    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 5 / App. C.2; Song et al. 2021a, eq. 14)."""
+    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 5 / App. C.2; Song, Meng & Ermon 2021, eq. 14)."""
     ab = np.asarray(alpha_bar, dtype=np.float64)
     if not np.all((ab > 0) & (ab <= 1)):
         raise ValueError(f"alpha_bar must lie in (0, 1], got {ab.reshape(-1)[:3].tolist()}")
@@ -414,7 +414,7 @@ def heun(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
 
 def euler(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
     """Euler's method in sigma (Alg. 1 without lines 9-11; ``n`` evaluations). On ``x / sqrt(alpha_bar)`` it
-    is DDIM with ``eta = 0`` on the same levels (Song et al. 2021b, eq. 14; Karras et al. 2022, App. B.2)."""
+    is DDIM with ``eta = 0`` on the same levels (Song, Meng & Ermon 2021, eq. 14; Karras et al. 2022, App. B.2)."""
     from .samplers import _check_x
 
     s = _check_grid(sigmas)
@@ -481,7 +481,7 @@ def guided_denoiser(cond, uncond, w: float, sigma_range=(0.0, math.inf)):
     """Classifier-free guidance on denoisers, ``D_w = D(x; sigma | y) + w [D(x; sigma | y) - D(x; sigma)]``
     (Ho & Salimans 2022, eq. 6, in x0 form; equivalently the score ``grad log p_sigma(x | y) + w grad log
     p_sigma(y | x)``), applied only for ``sigma`` in ``sigma_range = (lo, hi]`` and plain conditional
-    elsewhere: guidance limited to an interval of noise levels (Kynkaenniemi et al. 2024, eq. 2)."""
+    elsewhere: guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, eq. 2)."""
     w = _c.check_nonnegative(w, "w")
     lo, hi = (float(v) for v in sigma_range)
     if not 0.0 <= lo < hi:

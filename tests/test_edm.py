@@ -280,3 +280,13 @@ def test_sample_on_grid_matches_component_moments(gm):
     # the tilt with w > 0 pushes mass away from the other classes: p(y | x) rises on average
     xw = edm.sample_on_grid(edm.tilted_log_density(gm, 2, 3.0), 20000, generator=torch.Generator().manual_seed(1))
     assert gm.responsibilities(xw)[:, 2].mean() > gm.responsibilities(x)[:, 2].mean()
+
+
+def test_shipped_edm_digits_load_as_a_denoiser():
+    """load_edm_digits wraps the shipped F in the EDM column: D(x; sigma) -> x as sigma -> 0 (c_skip -> 1,
+    c_out -> 0), and at large sigma D is near the data's scale, not x's."""
+    D = edm.precond_denoiser(edm.load_edm_digits())
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(D(x, 1e-4), x, rtol=0, atol=1e-3)
+    big = 80.0 * x
+    assert float(D(big, 80.0).abs().max()) < 3.0 < float(big.abs().max())
