@@ -240,6 +240,8 @@ PRESETS: dict[str, Preset] = {
                      batch_size=256, lr=2e-3, objective="fm"),
     "fm_digits": Preset("fm_digits", "digits", dataclasses.replace(DIGITS_UNET, prediction="velocity"), steps=2000,
                         batch_size=128, lr=2e-3, objective="fm"),
+    # EDM (notebook 08): the digits U-Net as F inside minidiff.edm.Precond, trained with the EDM loss
+    "edm_digits": Preset("edm_digits", "digits", DIGITS_UNET, steps=800, batch_size=128, lr=2e-3, objective="edm"),
 }
 
 
@@ -347,6 +349,9 @@ OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective, "fm": FlowMatchingObjectiv
 from .discrete import MaskedDiffusionObjective  # noqa: E402  (masked diffusion on tokens, notebook 12)
 
 OBJECTIVES["masked"] = MaskedDiffusionObjective
+from .edm import EDMObjective  # noqa: E402  (EDM loss, Karras et al. 2022; notebook 08)
+
+OBJECTIVES["edm"] = EDMObjective
 
 
 def get_objective(objective) -> object:
