@@ -27,7 +27,8 @@ The pieces, each one box of the paper:
 
 CLI (the shipped digits students)::
 
-    python -m minidiff.consistency --teacher digits --steps 600 --threads 1 --out runs/cd_digits
+    python -m minidiff.consistency --teacher digits --steps 600 --batch-size 64 --lr 1e-4 \
+        --weighting inverse_step --threads 1 --save-every 100 --out runs/cd_digits
 """
 from __future__ import annotations
 
