@@ -235,3 +235,22 @@ def test_student_gets_closer_to_the_exact_teachers_map():
     assert len(losses) == 200 and np.isfinite(losses).all()
     print(f"error to the teacher's map before / after training: {before:.3f} / {after:.3f}")
     assert after < 0.5 * before, (before, after)
+
+
+def test_student_files_round_trip_and_refuse_other_weights(tmp_path):
+    from minidiff.train import WEIGHTS_DIR, ScheduleSpec
+
+    net = build_model(MLPConfig(dim=2, hidden=16, depth=1, prediction="x0"))
+    cfg = cm.CDConfig(steps=3, sigma_data=0.7)
+    cm.save_student(tmp_path / "s.safetensors", net, ScheduleSpec(), cfg, teacher="mixture")
+    loaded, sched, sd = cm.load_student(tmp_path / "s.safetensors")
+    assert sd == 0.7 and sched.T == 1000
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(cm.consistency_function(loaded, x, 500, sched, sigma_data=sd),
+                               cm.consistency_function(net.eval(), x, 500, sched, sigma_data=sd))
+    with pytest.raises(ValueError, match="not a consistency student"):
+        cm.load_student(WEIGHTS_DIR / "toy2d.safetensors")
+    with pytest.raises(ValueError, match="target_decay"):
+        cm.CDConfig(target_decay=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        cm.CDConfig(steps=0)
