@@ -106,6 +106,7 @@ REFERENCES: dict[str, Reference] = {
     "Song & Ermon 2020": R("Song, Ermon", 2020, "Improved Techniques for Training Score-Based Generative Models", "NeurIPS 2020", "https://arxiv.org/abs/2006.09011"),
     "Song et al. 2021a": R("Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole", 2021, "Score-Based Generative Modeling through Stochastic Differential Equations", "ICLR 2021", "https://arxiv.org/abs/2011.13456"),
     "Song et al. 2021b": R("Song, Meng, Ermon", 2021, "Denoising Diffusion Implicit Models", "ICLR 2021", "https://arxiv.org/abs/2010.02502"),
+    "Song & Dhariwal 2023": R("Song, Dhariwal", 2023, "Improved Techniques for Training Consistency Models", "ICLR 2024 (arXiv 2023)", "https://arxiv.org/abs/2310.14189"),
     "Song et al. 2023": R("Song, Dhariwal, Chen, Sutskever", 2023, "Consistency Models", "ICML 2023", "https://arxiv.org/abs/2303.01469"),
     "Theis et al. 2016": R("Theis, van den Oord, Bethge", 2016, "A Note on the Evaluation of Generative Models", "ICLR 2016", "https://arxiv.org/abs/1511.01844"),
     "Tong et al. 2023": R("Tong, Fatras, Malkin, Huguet, Zhang, Rector-Brooks, Wolf, Bengio", 2023, "Improving and Generalizing Flow-Based Generative Models with Minibatch Optimal Transport", "TMLR 2024 (arXiv 2023)", "https://arxiv.org/abs/2302.00482"),

@@ -59,7 +59,7 @@ SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0   # sampling grid, Table 1
 # ============================================================================ coordinates (each written once)
 def sigma_from_alpha_bar(alpha_bar):
     """``sigma = sqrt((1 - alpha_bar) / alpha_bar)``: the VE level of ``sqrt(ab) x_0 + sqrt(1 - ab) eps``
-    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 5 / App. C.2; Song, Meng & Ermon 2021, eq. 14)."""
+    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 5 / App. C.2; Song et al. 2021b, eq. 14)."""
     ab = np.asarray(alpha_bar, dtype=np.float64)
     if not np.all((ab > 0) & (ab <= 1)):
         raise ValueError(f"alpha_bar must lie in (0, 1], got {ab.reshape(-1)[:3].tolist()}")
@@ -275,7 +275,7 @@ def log_snr_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGM
 
 
 def vp_uniform_t_sigmas(sde, n: int, t_min: float = 1e-3) -> np.ndarray:
-    """``sde.sigma(t)`` on ``n`` times uniform from 1 to ``t_min`` (Song et al. 2021b's grid), then 0."""
+    """``sde.sigma(t)`` on ``n`` times uniform from 1 to ``t_min`` (Song et al. 2021a's grid), then 0."""
     ts = sde.time_grid(_c.check_count(n, "n", 2) - 1, t_min)
     return np.append([sde.sigma(t) for t in ts], 0.0)
 
@@ -414,7 +414,7 @@ def heun(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
 
 def euler(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
     """Euler's method in sigma (Alg. 1 without lines 9-11; ``n`` evaluations). On ``x / sqrt(alpha_bar)`` it
-    is DDIM with ``eta = 0`` on the same levels (Song, Meng & Ermon 2021, eq. 14; Karras et al. 2022, App. B.2)."""
+    is DDIM with ``eta = 0`` on the same levels (Song et al. 2021b, eq. 14; Karras et al. 2022, App. B.2)."""
     from .samplers import _check_x
 
     s = _check_grid(sigmas)

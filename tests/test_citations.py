@@ -15,12 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Notebook citations waiting for the rename map (/work/notes/h21_renames.md, "Notebook edits"): the
 # notebooks are edited by the integrator after the merge. Delete each entry when its edit is applied
 # (test_awaiting_entries_are_still_needed fails once an entry has become stale).
-AWAITING = {
-    ("notebooks/05_score_langevin.ipynb", "Song et al. 2021"): 2,
-    ("notebooks/06_sdes.ipynb", "Song et al. 2021"): 9,
-    ("notebooks/07_flow_matching.ipynb", "Song et al. 2021"): 1,
-    ("notebooks/08_fast_sampling_guidance.ipynb", "Song et al. 2021"): 1,
-}
+AWAITING: dict = {}
 
 
 def _sources():
