@@ -35,6 +35,10 @@ Design (see shared/design/notebooks.md):
   has stopped, and in a notebook or web page that stores the widget state; no plotting code runs
   in a widget callback. (ipywidgets 8 was chosen over an anywidget: it needs no new dependency,
   its front end ships with JupyterLab already, and its saved state is read by every widget manager.)
+* The saved widget state is what a notebook costs on disk, so a player stores little besides its
+  frames: identical frames are one ``Image`` model (within a player, and among the players of a
+  :class:`ParameterPlayer`), and all frames share one ``Layout`` model, all labels one ``Layout`` and
+  one ``LabelStyle`` (ipywidgets would otherwise save two or three models per frame).
 * Where no widget front end exists (GitHub, a notebook without saved widget state) the displayed
   bundle also carries ``image/png``: a static strip of a few evenly spaced frames
   (:meth:`static_strip`), and ``text/plain``.
@@ -46,6 +50,8 @@ of the frame: ``ChainPlayer(list(zip(t_indices, xs)), render=lambda f: ...)``.
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import inspect
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -62,6 +68,8 @@ Renderer = Callable[[Any], Any]
 PLAYER_CLASS = "minidiff-chain-player"
 PARAMETER_PLAYER_CLASS = "minidiff-parameter-player"
 LABEL_STYLE = {"font_size": "14px"}
+# While a ParameterPlayer builds its players, identical frames are shared among them (bytes -> Image).
+_SHARED_IMAGES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("_SHARED_IMAGES", default=None)
 
 
 def to_png(obj, *, name: str = "render") -> bytes:
@@ -134,6 +142,7 @@ class ChainPlayer:
                  title: str | None = None, start: int = 0, strip_frames: int = 6, loop: bool = False,
                  pixel_ratio: int = 2, palette: bool = True):
         import ipywidgets as widgets
+        from ipywidgets.widgets.widget_string import LabelStyle as _LabelStyle
 
         if not callable(render):
             raise ValueError(f"render must be callable (frame -> Figure or PNG bytes), got {type(render).__name__}")
@@ -172,9 +181,15 @@ class ChainPlayer:
         self.slider = widgets.IntSlider(value=start, min=0, max=n - 1, step=1, readout=False,
                                         continuous_update=True, description="step",
                                         layout=widgets.Layout(width="320px"))
+        # One Layout for every frame, one Layout and one LabelStyle for every label; identical frames
+        # are one Image model (see the module docstring: the saved widget state is the notebook's size).
+        shared = _SHARED_IMAGES.get()
+        self._image_cache: dict = shared if shared is not None else {}
+        self._frame_layout = widgets.Layout()
         self._images = [self._image(p) for p in self.frames_png]
         self._side_images = None if self.side_png is None else [self._image(p) for p in self.side_png]
-        self._labels = [widgets.Label(value=s, style=LABEL_STYLE) for s in self.labels]
+        label_layout, label_style = widgets.Layout(), _LabelStyle(**LABEL_STYLE)
+        self._labels = [widgets.Label(value=s, style=label_style, layout=label_layout) for s in self.labels]
         self.image_stack = widgets.Stack(self._images, selected_index=start)
         self.side_stack = (None if self._side_images is None else
                            widgets.Stack(self._side_images, selected_index=start))
@@ -223,11 +238,18 @@ class ChainPlayer:
         return palette_png(png) if self.palette else png
 
     def _image(self, png: bytes):
-        """An Image widget showing ``png`` at its display size (pixel width / pixel_ratio)."""
+        """An Image widget showing ``png`` at its display size (pixel width / pixel_ratio); the same
+        widget for the same bytes at the same ratio (a stack may hold one model several times)."""
         import ipywidgets as widgets
 
-        w, _ = png_size(png)
-        return widgets.Image(value=png, format="png", width=str(max(1, round(w / self.pixel_ratio))))
+        key = (png, self.pixel_ratio)
+        image = self._image_cache.get(key)
+        if image is None:
+            w, _ = png_size(png)
+            image = widgets.Image(value=png, format="png", width=str(max(1, round(w / self.pixel_ratio))),
+                                  layout=self._frame_layout)
+            self._image_cache[key] = image
+        return image
 
     # ------------------------------------------------------------------ behaviour
     def _on_step(self, change) -> None:
@@ -369,11 +391,12 @@ class ParameterPlayer:
         self.title = title
 
         self.players: dict[tuple, ChainPlayer] = {}
-        for combo in itertools.product(*self.params.values()):
-            p = build(**dict(zip(names, combo)))
-            if not isinstance(p, ChainPlayer):
-                raise TypeError(f"build must return a ChainPlayer, got {type(p).__name__} for {dict(zip(names, combo))}")
-            self.players[combo] = p
+        with _sharing_images():
+            for combo in itertools.product(*self.params.values()):
+                p = build(**dict(zip(names, combo)))
+                if not isinstance(p, ChainPlayer):
+                    raise TypeError(f"build must return a ChainPlayer, got {type(p).__name__} for {dict(zip(names, combo))}")
+                self.players[combo] = p
 
         self.controls = {
             name: widgets.ToggleButtons(options=[(fmt(name, v), k) for k, v in enumerate(vals)], index=start[j],
@@ -436,6 +459,16 @@ class ParameterPlayer:
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
         p = self.player
         return _bundle(self.widget, p.static_strip(), p.pixel_ratio, repr(self), **kwargs)
+
+
+@contextlib.contextmanager
+def _sharing_images():
+    """Within this block every ChainPlayer built shares one Image model per distinct frame."""
+    token = _SHARED_IMAGES.set({} if _SHARED_IMAGES.get() is None else _SHARED_IMAGES.get())
+    try:
+        yield
+    finally:
+        _SHARED_IMAGES.reset(token)
 
 
 def _escape(s: str) -> str:

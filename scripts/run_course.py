@@ -5,10 +5,13 @@ one at a time, in full mode, with its outputs written back in place; then each r
 (``MINIDIFF_FAST=1``, what CI runs; outputs discarded). The wall times go to ``notebooks/runtimes.json`` with the
 machine and its load, and ``python scripts/run_course.py write`` (also run by ``execute``) puts them into each
 notebook's "**Run time**" line and into the README's course map. ``tests/test_runtimes.py`` checks that the headers
-and the README say what ``runtimes.json`` says.
+and the README say what ``runtimes.json`` says. ``write`` also puts a "**Players**" note into the first cell of every
+notebook with a step-through player: what JupyterLab shows when the notebook is opened without running it, and the
+rendered page where its players play with no kernel (:func:`player_note`; checked by tests/test_browser.py).
 
     python scripts/run_course.py execute [NOTEBOOK ...]   # default: every notebooks/NN_*.ipynb
-    python scripts/run_course.py write                    # re-render headers and README from runtimes.json
+    python scripts/run_course.py write                    # re-render headers, players notes and README
+    python scripts/run_course.py notes [NOTEBOOK ...]     # only the players notes
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ NOTEBOOKS = ROOT / "notebooks"
 RUNTIMES = NOTEBOOKS / "runtimes.json"
 README = ROOT / "README.md"
 RUNTIME_LINE = re.compile(r"^(\*\*Run time\*\*|Run time:).*$", re.M)
+PLAYER_NOTE_LINE = re.compile(r"^\*\*Players\*\* \(opened without running\).*$", re.M)
+PLAYER_CALL = re.compile(r"\b(ChainPlayer|ParameterPlayer)\(")   # as tests/test_browser.py finds player notebooks
 
 
 def course_notebooks() -> list[Path]:
@@ -126,6 +131,45 @@ def _set_header(path: Path, entry: dict) -> bool:
     return True
 
 
+def player_note(path: Path) -> str:
+    """What a reader who opens the notebook without running it gets, and where the players play without a kernel.
+    tests/test_browser.py checks both halves in JupyterLab and tests/test_site_browser.py the site."""
+    return ("**Players** (opened without running): JupyterLab 4 with ipywidgets 8 does not rebuild widgets from the "
+            "widget state saved in a notebook (jupyterlab/jupyterlab#15361), so until its cell runs each step-through "
+            "player shows as a static strip of frames; once run, it keeps playing after the kernel is shut down. To play "
+            f"them without running anything, open this chapter in the rendered course, `site/{path.stem}.html` "
+            "(`make site`): it needs no kernel and no network.")
+
+
+def has_player(nb) -> bool:
+    return any(c.cell_type == "code" and PLAYER_CALL.search(c.source) for c in nb.cells)
+
+
+def _set_player_note(path: Path) -> bool:
+    """Put :func:`player_note` in the first cell of a notebook with a player (replaced if there, else appended)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    if not has_player(nb):
+        return False
+    first, line = nb.cells[0], player_note(path)
+    if PLAYER_NOTE_LINE.search(first.source):
+        new = PLAYER_NOTE_LINE.sub(lambda _: line, first.source, count=1)
+    else:
+        new = first.source.rstrip("\n") + "\n\n" + line
+    if new == first.source:
+        return False
+    first.source = new
+    nbformat.write(nb, path)
+    return True
+
+
+def write_player_notes(paths: list[Path] | None = None) -> None:
+    for path in paths or course_notebooks():
+        if _set_player_note(path):
+            print(f"updated the players note of {path.name}")
+
+
 def write() -> None:
     """Headers and README course map from runtimes.json (notebooks not yet measured are left as they are)."""
     table = json.loads(RUNTIMES.read_text())
@@ -135,6 +179,7 @@ def write() -> None:
     for path in course_notebooks():
         if path.name in table and _set_header(path, table[path.name]):
             print(f"updated the run-time line of {path.name}")
+    write_player_notes()
     text = README.read_text(encoding="utf-8")
 
     def row(m: re.Match) -> str:
@@ -152,10 +197,15 @@ def main(argv=None) -> int:
     ex.add_argument("notebooks", nargs="*", type=Path)
     ex.add_argument("--no-widget-state", action="store_true", help="do not store widget state in the notebooks")
     ex.add_argument("--jobs", type=int, default=1, help="notebooks run side by side, one thread each (default 1)")
-    sub.add_parser("write", help="re-render the run-time lines and the README course map from runtimes.json")
+    sub.add_parser("write", help="re-render the run-time lines, the players notes and the README course map")
+    notes = sub.add_parser("notes", help="only the players note in the first cell of notebooks with a player")
+    notes.add_argument("notebooks", nargs="*", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "write":
         write()
+        return 0
+    if args.cmd == "notes":
+        write_player_notes([p.resolve() for p in args.notebooks] or None)
         return 0
     paths = [p.resolve() for p in args.notebooks] or course_notebooks()
     for path in paths:

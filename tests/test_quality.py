@@ -66,11 +66,27 @@ def test_kid_is_unbiased_and_its_se_is_calibrated():
             assert v.mean() > 2 * s.mean()  # a real difference is seen
 
 
+def _cubic_kernel_mean(mx, my):
+    """E (x.y/d + 1)^3 for independent x ~ N(mx, I), y ~ N(my, I): from the cumulants of S = sum_i x_i y_i
+    (independent terms with E z = m n, E z^2 = (m^2+1)(n^2+1), E z^3 = (m^3+3m)(n^3+3n))."""
+    mx, my = np.asarray(mx, float), np.asarray(my, float)
+    d = len(mx)
+    mu, ez2, ez3 = mx * my, (mx**2 + 1) * (my**2 + 1), (mx**3 + 3 * mx) * (my**3 + 3 * my)
+    k1, k2, k3 = mu.sum(), (ez2 - mu**2).sum(), (ez3 - 3 * mu * ez2 + 2 * mu**3).sum()
+    es, es2, es3 = k1, k2 + k1**2, k3 + 3 * k2 * k1 + k1**3
+    return es3 / d**3 + 3 * es2 / d**2 + 3 * es / d + 1
+
+
 def test_kid_is_unbiased_at_tiny_n():
-    """The mean of KID over many (10, 12)-point samples equals the large-sample value (shifted
-    Gaussians), where the biased V-statistic (diagonal terms kept) is far off."""
+    """The mean of KID over many (10, 12)-point samples equals the exact squared MMD of the two shifted
+    Gaussians (closed form, itself checked against a Monte Carlo mean of the kernel), where the biased
+    V-statistic (diagonal terms kept) is far off."""
     rng = np.random.default_rng(5)
-    big = kid(rng.normal(size=(3000, 4)), rng.normal(size=(3000, 4)) + 0.5)
+    zero, half = np.zeros(4), np.full(4, 0.5)
+    x, y = rng.normal(size=(200_000, 4)), rng.normal(size=(200_000, 4)) + 0.5
+    k_xy = ((x * y).sum(1) / 4 + 1) ** 3                                   # independent pairs
+    assert abs(k_xy.mean() - _cubic_kernel_mean(zero, half)) < 5 * k_xy.std() / math.sqrt(len(k_xy))
+    exact = _cubic_kernel_mean(zero, zero) + _cubic_kernel_mean(half, half) - 2 * _cubic_kernel_mean(zero, half)
     small = []
     biased = []
     for _ in range(2000):
@@ -79,9 +95,9 @@ def test_kid_is_unbiased_at_tiny_n():
         k = metrics.polynomial_kernel
         biased.append(k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean())
     small, biased = np.array(small), np.array(biased)
-    se = math.sqrt(small.var() / len(small) + big.se ** 2)
-    assert abs(small.mean() - big.value) < 3 * se, (small.mean(), big.value, se)
-    assert abs(biased.mean() - big.value) > 10 * se
+    se = math.sqrt(small.var() / len(small))
+    assert abs(small.mean() - exact) < 3 * se, (small.mean(), exact, se)
+    assert abs(biased.mean() - exact) > 10 * se
 
 
 def test_kid_rejects_bad_input():
