@@ -1,6 +1,6 @@
 """The shipped weights meet the course's bar (issues 4 and 13).
 
-Unconditional digits, for each of three x_T seeds, 1000 samples at 50 DDIM steps: not distinguishable
+Unconditional digits, for x_T seed 0 (seeds 0, 1, 2 with MINIDIFF_THOROUGH=1), 1000 samples at 50 DDIM steps: not distinguishable
 from real digits by KID at this n (its interval reaches the real-vs-real floor's), precision and recall
 within 0.05 of the floor's, not training copies, every class >= 5 % of samples; a degraded copy of the
 same samples fails that bar. The class-conditional model's samples are classified as the requested class
@@ -15,9 +15,14 @@ import torch
 from minidiff import make_2d, metrics
 from minidiff.train import PRETRAINED, load_pretrained, pretrained_info
 from minidiff.unet import as_eps_model
+from thorough import THOROUGH
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "minidiff" / "weights"
 pytestmark = pytest.mark.slow
+
+
+# x_T seed 0 in `make test`; seeds 0, 1, 2 with MINIDIFF_THOROUGH=1 (tests/thorough.py).
+BAR_SEEDS = (0, 1, 2) if THOROUGH else (0,)
 
 
 def _ddim(eps_fn, shape, schedule, n_steps=50, seed=0, clip_x0=None):
@@ -56,11 +61,11 @@ def test_load_pretrained_gives_eval_models():
 
 @pytest.fixture(scope="module")
 def digits_samples():
-    """1000 digits from the shipped model at 50 DDIM steps for each of the x_T seeds 0, 1, 2."""
+    """1000 digits from the shipped model at 50 DDIM steps for each x_T seed in BAR_SEEDS."""
     model, schedule = load_pretrained("digits")
     clip = pretrained_info("digits").get("clip_x0")
     return {seed: _ddim(as_eps_model(model, schedule), (1000, 1, 8, 8), schedule, seed=seed, clip_x0=clip)
-            for seed in (0, 1, 2)}
+            for seed in BAR_SEEDS}
 
 
 def _meets_digits_bar(q) -> bool:
@@ -71,7 +76,7 @@ def _meets_digits_bar(q) -> bool:
             and q.recall >= q.floor_recall - 0.05)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", BAR_SEEDS)
 def test_unconditional_digits_meet_the_bar(digits_samples, seed):
     x = digits_samples[seed]
     q = metrics.digits_quality(x)
@@ -180,7 +185,7 @@ def test_edm_digits_meet_their_bar_at_35_nfe():
 
 
 # ---------------------------------------------------------------- consistency-distilled student (issue 17)
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", BAR_SEEDS)
 def test_cd_digits_student_beats_its_teacher_at_equal_nfe(seed):
     """The shipped consistency student (minidiff/weights/cd_digits.*, Song et al. 2023) against the digits
     teacher's DDIM from the same 1000 x_T: at 2 and 4 evaluations its KID interval lies wholly below the
