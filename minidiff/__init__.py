@@ -3,6 +3,13 @@
 ``import minidiff`` is fast and imports no numba: compiled kernels load on first use through
 :mod:`minidiff.backend`, the one dispatch point into :mod:`minidiff.kernels`.
 """
+import os as _os
+
+# OpenMP threads sleep after a parallel region instead of spinning, so numba's and torch's pools (one
+# libgomp) and a second notebook don't fight for 2 cores: 3x faster steps with 2 threads on a loaded
+# machine (kernels/threads.py, kernels/BENCHMARKS.md). Read when the pool starts: effective when minidiff
+# is imported before torch; a value already set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .schedule import Schedule, append_dims
 from .forward import q_sample, q_posterior
 from .data import GaussianMixture, load_digits, make_2d
