@@ -2,8 +2,10 @@
 
 Every fused update the course uses goes through a function here. Each takes torch tensors (numpy
 arrays are accepted and returned as numpy), and a ``backend=`` argument: ``"numba"`` (the default:
-fused Numba kernels for CPU, or CUDA for CUDA tensors) or ``"torch"`` (a plain torch reference that
-mirrors the formula in eager ops). :func:`use_backend` changes the default in a ``with`` block.
+fused Numba kernels for CPU, or CUDA for CUDA tensors) or ``"torch"`` (a plain torch reference: the
+same formula in eager ops, fed by the same ``minidiff.kernels.formulas.*_coefficients`` as the kernels).
+Every update goes through one driver, :func:`_update` (resolve, check, noise source, outputs, launch or
+reference, result). :func:`use_backend` changes the default in a ``with`` block.
 
 Noise: pass ``noise=`` (a tensor shaped like ``x``) or ``seed=`` (an int) with a ``step`` counter.
 With a seed, noise is a pure function of ``(seed, sample, element, step)`` (counter-based
