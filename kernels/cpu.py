@@ -5,6 +5,10 @@ tasks of about ``CHUNK`` elements: whole rows when rows are short, row pieces wh
 ``prange`` runs over the tasks and each task walks contiguous memory. Noise for element ``(b, i)``
 at ``step`` is ``normal4(k0, k1, i // 4, b, step)[i % 4]`` whatever the split, so it does not depend
 on the number of threads. Row pieces start at multiples of 4 so a task owns whole Philox blocks.
+Every kernel that draws noise takes it from :func:`fill_normals` (the one noise loop: Philox words, then
+a vectorised Box-Muller) into per-task scratch, and reads it as it reads a given noise array.
+:func:`run` calls a kernel's serial twin (:func:`serial`) below ``SERIAL_BELOW`` elements, so the
+course's sizes never wake the thread pool.
 
 Kernels check their index tables and never read or write out of bounds: a sample whose ``t_index``
 lies outside the table gets NaN (the dispatcher raises before launching anyway).
