@@ -7,6 +7,7 @@
 * :mod:`.cuda` -- ``cuda.jit`` grid-stride loops around them; the only module importing ``numba.cuda``.
 * :mod:`._cache` -- the versioned on-disk cache directory for both.
 * :mod:`.bench` -- ``python -m minidiff.kernels.bench`` (figures in kernels/BENCHMARKS.md).
+* :mod:`.threads` -- ``python -m minidiff.kernels.threads``: numba's and torch's pools, one process and two at once.
 
 Only :mod:`minidiff.backend` imports from here, inside functions, so ``import minidiff`` stays fast.
 """

@@ -246,15 +246,17 @@ def run(sizes, device: str, repeat: int) -> list[str]:
 
 
 # ============================================================================ the course's sizes
-def _time(fn, repeat: int, inner: int = 1) -> float:
-    """Best of ``repeat`` timings of ``inner`` calls, per call, after one warm-up call."""
+def _time(fn, repeat: int, inner: int = 1, clock=time.perf_counter) -> float:
+    """Best of ``repeat`` timings of ``inner`` calls, per call, after one warm-up call. ``clock``:
+    wall time by default; ``time.thread_time`` (CPU time of this thread) for single-threaded work on a
+    loaded machine, where wall time counts the other processes' turns."""
     fn()
     best = math.inf
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
+        best = min(best, (clock() - t0) / inner)
     return best
 
 
@@ -290,6 +292,43 @@ def course_rows(repeat: int) -> list[str]:
              "numpy standard_normal (float32)": _time(lambda: g.standard_normal(n, dtype=np.float32), repeat)}
     for k, t in rates.items():
         lines.append(f"| {k}, 1M float32 normals (M normals/s) | {n / t / 1e6:.0f} | | |")
+    return lines
+
+
+def overhead_rows(repeat: int) -> list[str]:
+    """Per-call overhead of a backend update at the course's sizes (DDPM step, noise given, 16 / 200 /
+    2000 digits of 8x8): the whole ``backend.ddpm_step`` call against the compiled kernel alone on
+    prepared views (the part no Python can remove), split into checks (arrays, noise source), views and
+    fresh outputs, and the kernel; and the torch reference of the same formula (``backend="torch"``).
+    Every case here runs on the calling thread (below ``cpu.SERIAL_BELOW`` elements), so the times are
+    that thread's CPU time (``time.thread_time``): on a loaded machine wall time counts other processes."""
+    from minidiff.kernels import cpu
+    from minidiff.kernels.formulas import ddpm_coefficients
+
+    lines = ["| DDPM step, noise given | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
+    rows: dict = {}
+    for n in (16, 200, 2000):
+        x = torch.randn(n, 1, 8, 8)
+        e, z = torch.randn_like(x), torch.randn_like(x)
+        inv_sa, s1, cx0, cx, std = ddpm_coefficients(S.alpha_bar[T_MID], S.alpha_bar_prev[T_MID], S.betas[T_MID],
+                                                     S.alphas[T_MID], S.posterior_variance[T_MID])
+        views = [B._host_rows(t) for t in (x, e, z)]
+        outs = [np.empty_like(views[0]), np.empty_like(views[0])]
+        args = views + [inv_sa, s1, math.inf, cx0, cx, std, B._NOISE_GIVEN, 0, 0, 0] + outs
+        full = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z), repeat, inner=50, clock=time.thread_time)
+        kern = _time(lambda: cpu.run("ddpm", args, x.numel(), False), repeat, inner=50, clock=time.thread_time)
+        checks = _time(lambda: (B._as_tensor(x, "x"), B._like(x, e, "eps"),
+                                B._noise_source(x, z, None, 0, True)), repeat, inner=50, clock=time.thread_time)
+        view = _time(lambda: ([B._host_rows(t) for t in (x, e, z)],
+                              [np.empty(tuple(x.shape), np.float32) for _ in range(2)]), repeat, inner=50, clock=time.thread_time)
+        ref = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"), repeat, inner=50, clock=time.thread_time)
+        for k, v in (("whole backend call (us)", full * 1e6), ("compiled kernel alone (us)", kern * 1e6),
+                     ("overhead = call - kernel (us)", (full - kern) * 1e6), ("of which checks (us)", checks * 1e6),
+                     ("of which views and fresh outputs (us)", view * 1e6),
+                     ("torch reference, same formula (us)", ref * 1e6), ("x torch reference", ref / full)):
+            rows.setdefault(k, []).append(v)
+    for k, v in rows.items():
+        lines.append(f"| {k} | " + " | ".join(f"{t:.1f}" for t in v) + " |")
     return lines
 
 
@@ -424,6 +463,7 @@ def main(argv=None):
         print(f"# {machine()}\n# {' '.join(sys.argv)}\n", flush=True)
         if a.course:
             print("\n".join(course_rows(repeat)) + "\n", flush=True)
+            print("\n".join(overhead_rows(repeat)) + "\n", flush=True)
             print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
         if a.trajectories:
             lines = trajectory_rows(a.trajectories, repeat)

@@ -5,22 +5,30 @@ tasks of about ``CHUNK`` elements: whole rows when rows are short, row pieces wh
 ``prange`` runs over the tasks and each task walks contiguous memory. Noise for element ``(b, i)``
 at ``step`` is ``normal4(k0, k1, i // 4, b, step)[i % 4]`` whatever the split, so it does not depend
 on the number of threads. Row pieces start at multiples of 4 so a task owns whole Philox blocks.
+Every kernel that draws noise takes it from :func:`fill_normals` (the one noise loop: Philox words, then
+a vectorised Box-Muller) into per-task scratch, and reads it as it reads a given noise array.
+:func:`run` calls a kernel's serial twin (:func:`serial`) below ``SERIAL_BELOW`` elements, so the
+course's sizes never wake the thread pool.
 
 Kernels check their index tables and never read or write out of bounds: a sample whose ``t_index``
 lies outside the table gets NaN (the dispatcher raises before launching anyway).
 """
 from __future__ import annotations
 
-import numba
+import types
+
 import numpy as np
 from numba import njit, prange
 
 from . import _cache  # noqa: F401  (installs the versioned cache locator before any @njit(cache=True))
-from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+from .formulas import BC_DIRICHLET, HALF_PI_2_30, MASK32, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
 from .trajectories import N_SCRATCH, compile_trajectory_functions
 
 _f = compile_device_functions(njit)
 normal4, lane = _f["normal4"], _f["lane"]
+# Box-Muller inlined into the caller's numba IR with numpy's error model (no zero-division checks): then
+# LLVM vectorises the pair loop of fill_normals (5x the normals/s of the called, scalar version).
+box_muller_angle = compile_device_functions(njit(inline="always", error_model="numpy"))["box_muller_angle"]
 q_sample_elem, ddpm_elem, ddim_elem = _f["q_sample_elem"], _f["ddpm_elem"], _f["ddim_elem"]
 em_elem, heun_elem, ftcs_elem, ftcs2_elem = _f["em_elem"], _f["heun_elem"], _f["ftcs_elem"], _f["ftcs2_elem"]
 philox4x32_10, wrap_index = _f["philox4x32_10"], _f["wrap_index"]
@@ -32,18 +40,32 @@ _kernel = njit(parallel=True, cache=True)
 
 
 def run(kernel, args, size: int, draws_noise: bool) -> None:
-    """Call ``kernel(*args)``; small problems run on the calling thread only (``set_num_threads(1)``
-    for the call), as a parallel region costs tens of microseconds, and milliseconds when the cores
-    are oversubscribed. Results do not depend on the thread count."""
+    """Call ``kernel(*args)`` (a kernel of this module or its name). Small problems run its serial twin
+    (:func:`serial`) on the calling thread: a parallel region costs ~10 us even on one thread, and
+    milliseconds when the cores are oversubscribed. Results do not depend on the path taken."""
+    if isinstance(kernel, str):
+        kernel = globals()[kernel]
     if size >= (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW):
         kernel(*args)
         return
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(old)
+    twin = _SERIAL.get(kernel)
+    if twin is None:
+        twin = _SERIAL[kernel] = serial(kernel)
+    twin(*args)
+
+
+_SERIAL: dict = {}
+
+
+def serial(kernel):
+    """The serial twin of a ``parallel=True`` kernel: the same code compiled without ``parallel``
+    (``prange`` runs as ``range``, no thread pool is touched). Built as a ``types.FunctionType`` with
+    its own ``__qualname__`` so numba's on-disk cache keeps the twins apart (its index is keyed by the
+    qualified name and signature, not by the compile flags)."""
+    f = getattr(kernel, "py_func", kernel)
+    g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
+    g.__qualname__, g.__doc__, g.__module__ = f.__qualname__ + "_serial", f.__doc__, f.__module__
+    return njit(cache=True)(g)
 
 
 @njit(cache=True)
@@ -80,6 +102,60 @@ def _same_shape(a, b):
 # covers elements ``4 j .. 4 j + 3`` of the piece (``i0`` is a multiple of 4).
 
 # ---------------------------------------------------------------------------- noise
+# The noise loop, once: the normals of a row piece go into float64 scratch in two passes -- the
+# Philox4x32-10 words of every block (integer work), then Box-Muller on every pair (float64 arithmetic
+# only, :func:`formulas.box_muller_angle`: LLVM vectorises it) -- and every kernel drawing noise reads
+# that scratch as it reads a given noise array. Pair ``p`` of a piece is words ``(2p, 2p+1)`` of block
+# ``p // 2``, so element ``i`` is ``normal4(k0, k1, g0 + i // 4, b, step)[i % 4]``.
+@njit(cache=True)
+def scratch(m):
+    """Scratch for :func:`fill_normals` of up to ``m`` elements: radius words, angles, quadrants, the
+    cosine and sine normals of each pair, the interleaved normals."""
+    pairs = (m + 3) // 4 * 2
+    return (np.empty(pairs), np.empty(pairs), np.empty(pairs, np.int64), np.empty(pairs), np.empty(pairs),
+            np.empty(2 * pairs))
+
+
+@njit(cache=True)
+def _philox_pairs(k0, k1, g0, b, step, m, wr, phi, quad):
+    """Pass 1: the words of Philox blocks ``g0 ..`` as Box-Muller pairs (radius word, angle, quadrant)."""
+    for j in range((m + 3) // 4):
+        g = g0 + j
+        w0, w1, w2, w3 = philox4x32_10(g & MASK32, b & MASK32, step & MASK32, (g >> 32) & MASK32, k0, k1)
+        wr[2 * j], phi[2 * j], quad[2 * j] = w0, (w1 & 0x3FFFFFFF) * HALF_PI_2_30, w1 >> 30
+        wr[2 * j + 1], phi[2 * j + 1], quad[2 * j + 1] = w2, (w3 & 0x3FFFFFFF) * HALF_PI_2_30, w3 >> 30
+
+
+@njit(cache=True, error_model="numpy")
+def _box_muller_pairs(wr, phi, quad, za, zb):
+    """Pass 2: Box-Muller on every pair, indexed by the loop variable alone (vectorised)."""
+    for p in range(za.shape[0]):
+        za[p], zb[p] = box_muller_angle(wr[p], phi[p], quad[p])
+
+
+@njit(cache=True)
+def fill_normals(k0, k1, g0, b, step, m, scr):
+    """The first ``m`` normals of sample ``b`` from Philox block ``g0`` on, into ``scr[5][:m]`` (returned)."""
+    wr, phi, quad, za, zb, z = scr
+    pairs = (m + 1) // 2
+    _philox_pairs(k0, k1, g0, b, step, m, wr, phi, quad)
+    _box_muller_pairs(wr[:pairs], phi[:pairs], quad[:pairs], za[:pairs], zb[:pairs])
+    for p in range(pairs):  # interleave: element 2p is the cosine of pair p, 2p + 1 its sine
+        z[2 * p] = za[p]
+        z[2 * p + 1] = zb[p]
+    return z[:m]
+
+
+@njit(cache=True)
+def noise_row(mode, k0, k1, g0, b, step, m, scr):
+    """Float64 noise for a row piece that is not given: Philox normals, or zeros (NOISE_NONE)."""
+    if mode == NOISE_PHILOX:
+        return fill_normals(k0, k1, g0, b, step, m, scr)
+    z = scr[5][:m]
+    z[:] = 0.0
+    return z
+
+
 @_kernel
 def normal_fill(out, k0, k1, step):
     """``out[b, i] = N(0, 1)`` from Philox4x32-10 on ``(seed, b, i, step)`` (Salmon et al. 2011)."""
@@ -87,13 +163,12 @@ def normal_fill(out, k0, k1, step):
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(i1 - i0)
         for b in range(b0, b1):
             orow = out[b, i0:i1]
-            m = orow.shape[0]
-            for j in range((m + 3) // 4):
-                z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
-                for k in range(min(4, m - 4 * j)):
-                    orow[4 * j + k] = lane(z0, z1, z2, z3, k)
+            z = fill_normals(k0, k1, i0 // 4, b, step, orow.shape[0], scr)
+            for i in range(orow.shape[0]):
+                orow[i] = z[i]
 
 
 @njit(cache=True)
@@ -103,6 +178,12 @@ def philox_block(c0, c1, c2, c3, k0, k1):
 
 
 # ---------------------------------------------------------------------------- forward process
+@njit(cache=True)
+def _q_sample_row(xr, er, a, s, orow):
+    for i in range(orow.shape[0]):
+        orow[i] = q_sample_elem(xr[i], er[i], a, s)
+
+
 @_kernel
 def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
@@ -116,26 +197,27 @@ def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(i1 - i0)
         for b in range(b0, b1):
             xr, er, orow = x0[b, i0:i1], eps[b, i0:i1], out[b, i0:i1]
             m = orow.shape[0]
-            t = t_index[b]
-            if t < 0 or t >= T:
+            ti = t_index[b]
+            if ti < 0 or ti >= T:
                 orow[:] = np.nan
                 continue
-            a, s = sqrt_ab[t], sqrt_1mab[t]
             if mode == NOISE_GIVEN:
-                for i in range(m):
-                    orow[i] = q_sample_elem(xr[i], er[i], a, s)
+                _q_sample_row(xr, er, sqrt_ab[ti], sqrt_1mab[ti], orow)
             else:
-                for j in range((m + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
-                    for k in range(min(4, m - 4 * j)):
-                        i = 4 * j + k
-                        orow[i] = q_sample_elem(xr[i], lane(z0, z1, z2, z3, k), a, s)
+                _q_sample_row(xr, fill_normals(k0, k1, i0 // 4, b, step, m, scr), sqrt_ab[ti], sqrt_1mab[ti], orow)
 
 
 # ---------------------------------------------------------------------------- samplers
+@njit(cache=True)
+def _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row):
+    for i in range(orow.shape[0]):
+        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], inv_sa, s1, c, cx0, cx, std)
+
+
 @_kernel
 def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
@@ -147,28 +229,27 @@ def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(i1 - i0)
         for b in range(b0, b1):
             xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            m = orow.shape[0]
-            if mode == NOISE_PHILOX:
-                for j in range((m + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
-                    for k in range(min(4, m - 4 * j)):
-                        i = 4 * j + k
-                        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], lane(z0, z1, z2, z3, k), inv_sa, s1, c,
-                                                      cx0, cx, std)
-            elif mode == NOISE_GIVEN:
-                for i in range(m):
-                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], inv_sa, s1, c, cx0, cx, std)
+            if mode == NOISE_GIVEN:
+                _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row)
             else:
-                for i in range(m):
-                    orow[i], x0row[i] = ddpm_elem(xr[i], er[i], 0.0, inv_sa, s1, c, cx0, cx, 0.0)
+                _ddpm_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), inv_sa, s1, c,
+                          cx0, cx, std if mode == NOISE_PHILOX else 0.0, orow, x0row)
+
+
+@njit(cache=True)
+def _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row):
+    for i in range(orow.shape[0]):
+        orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
+                                      ddim_sigma)
 
 
 @_kernel
-def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out,
+def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, mode, k0, k1, step, out,
          x0_out):
-    """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
     _same_shape(x, eps)
     _same_shape(x, noise)
     _same_shape(x, out)
@@ -177,24 +258,21 @@ def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sig
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(i1 - i0)
         for b in range(b0, b1):
             xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            m = orow.shape[0]
-            if mode == NOISE_PHILOX:
-                for j in range((m + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
-                    for k in range(min(4, m - 4 * j)):
-                        i = 4 * j + k
-                        orow[i], x0row[i] = ddim_elem(xr[i], er[i], lane(z0, z1, z2, z3, k),
-                                                      sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma)
-            elif mode == NOISE_GIVEN:
-                for i in range(m):
-                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, inv_sa, s1, inv_s1, c, recompute_eps,
-                                                  sap, cdir, sigma)
+            if mode == NOISE_GIVEN:
+                _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row)
             else:
-                for i in range(m):
-                    orow[i], x0row[i] = ddim_elem(xr[i], er[i], 0.0, sa, inv_sa, s1, inv_s1, c, recompute_eps,
-                                                  sap, cdir, 0.0)
+                _ddim_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), sa, inv_sa, s1,
+                          inv_s1, c, recompute_eps, sap, cdir, ddim_sigma if mode == NOISE_PHILOX else 0.0, orow,
+                          x0row)
+
+
+@njit(cache=True)
+def _em_row(xr, sr, zr, cx, cs, cz, orow):
+    for i in range(orow.shape[0]):
+        orow[i] = em_elem(xr[i], sr[i], zr[i], cx, cs, cz)
 
 
 @_kernel
@@ -208,21 +286,14 @@ def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(i1 - i0)
         for b in range(b0, b1):
             xr, sr, zr, orow = x[b, i0:i1], score[b, i0:i1], noise[b, i0:i1], out[b, i0:i1]
-            m = orow.shape[0]
-            if mode == NOISE_PHILOX:
-                for j in range((m + 3) // 4):
-                    z0, z1, z2, z3 = normal4(k0, k1, i0 // 4 + j, b, step)
-                    for k in range(min(4, m - 4 * j)):
-                        i = 4 * j + k
-                        orow[i] = em_elem(xr[i], sr[i], lane(z0, z1, z2, z3, k), cx, cs, cz)
-            elif mode == NOISE_GIVEN:
-                for i in range(m):
-                    orow[i] = em_elem(xr[i], sr[i], zr[i], cx, cs, cz)
+            if mode == NOISE_GIVEN:
+                _em_row(xr, sr, zr, cx, cs, cz, orow)
             else:
-                for i in range(m):
-                    orow[i] = em_elem(xr[i], sr[i], 0.0, cx, cs, 0.0)
+                _em_row(xr, sr, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), cx, cs,
+                        cz if mode == NOISE_PHILOX else 0.0, orow)
 
 
 @_kernel

@@ -123,9 +123,9 @@ def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0
 
 
 @cuda.jit
-def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma, mode, k0, k1, step, out,
+def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, mode, k0, k1, step, out,
          x0_out):
-    """DDIM step (Song et al. 2021a, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
     B, n = x.shape
     if mode != NOISE_PHILOX:
         for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
@@ -133,7 +133,7 @@ def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sig
             i = idx - b * n
             z = noise[b, i] if mode == NOISE_GIVEN else 0.0
             out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, inv_sa, s1, inv_s1, c, recompute_eps,
-                                                sap, cdir, sigma)
+                                                sap, cdir, ddim_sigma)
         return
     ng = (n + 3) // 4
     for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
@@ -143,7 +143,7 @@ def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sig
         for k in range(min(4, n - 4 * g)):
             i = 4 * g + k
             out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma)
+                                                sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma)
 
 
 @cuda.jit

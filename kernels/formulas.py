@@ -55,19 +55,109 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return x0, x1, x2, x3
 
 
+LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that e * LN2_HI is exact for |e| < 2**20 (fdlibm)
+LN2_LO = 1.90821492927058770002e-10
+SQRT2 = 1.4142135623730951
+
+
+def log_unit(w):
+    """``ln((w + 1) 2^-32)`` for an integer ``w`` in ``[0, 2**32)``, in float64 arithmetic only (no libm
+    call, no branches: the comparisons become selects, so LLVM vectorises loops over it). ``n = w + 1``
+    is scaled by exact powers of two into ``m`` in ``[1/sqrt 2, sqrt 2)`` with ``n = m 2^e``, then
+    ``ln m = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...)`` with ``s = (m - 1)/(m + 1)``, ``|s| < 0.172``
+    (eleven terms: truncation below 1e-19), and ``ln u = ln m + (e - 32) ln 2`` with ``ln 2`` in two parts
+    (Cody & Waite 1980; the reduction of fdlibm's ``log``). Within a few ulp of ``math.log``."""
+    m = f64(w) + 1.0
+    e = 0.0
+    big = m >= 65536.0
+    m = m * 1.52587890625e-05 if big else m
+    e = e + 16.0 if big else e
+    big = m >= 256.0
+    m = m * 0.00390625 if big else m
+    e = e + 8.0 if big else e
+    big = m >= 16.0
+    m = m * 0.0625 if big else m
+    e = e + 4.0 if big else e
+    big = m >= 4.0
+    m = m * 0.25 if big else m
+    e = e + 2.0 if big else e
+    big = m >= 2.0
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    big = m >= SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    p = 0.047619047619047616  # 1/21, Horner down to 1/1
+    p = p * z + 0.05263157894736842
+    p = p * z + 0.058823529411764705
+    p = p * z + 0.06666666666666667
+    p = p * z + 0.07692307692307693
+    p = p * z + 0.09090909090909091
+    p = p * z + 0.1111111111111111
+    p = p * z + 0.14285714285714285
+    p = p * z + 0.2
+    p = p * z + 0.3333333333333333
+    p = p * z + 1.0
+    k = e - 32.0
+    return k * LN2_HI + (k * LN2_LO + 2.0 * s * p)
+
+
+def cos_sin_quarter(phi):
+    """``(cos phi, sin phi)`` for ``phi`` in ``[0, pi/2)`` by their Taylor polynomials in ``phi^2``
+    (Horner, to ``phi^24`` / ``phi^23``: truncation below 2e-17 on the interval), float64 arithmetic only
+    so that loops over it vectorise. Within a few ulp of ``math.cos`` / ``math.sin`` (absolute error
+    below 1e-16)."""
+    z = phi * phi
+    c = 1.6117375710961184e-24
+    c = c * z - 8.896791392450574e-22
+    c = c * z + 4.110317623312165e-19
+    c = c * z - 1.5619206968586225e-16
+    c = c * z + 4.779477332387385e-14
+    c = c * z - 1.1470745597729725e-11
+    c = c * z + 2.08767569878681e-09
+    c = c * z - 2.755731922398589e-07
+    c = c * z + 2.48015873015873e-05
+    c = c * z - 0.001388888888888889
+    c = c * z + 0.041666666666666664
+    c = c * z - 0.5
+    c = c * z + 1.0
+    s = -3.868170170630684e-23
+    s = s * z + 1.9572941063391263e-20
+    s = s * z - 8.22063524662433e-18
+    s = s * z + 2.8114572543455206e-15
+    s = s * z - 7.647163731819816e-13
+    s = s * z + 1.6059043836821613e-10
+    s = s * z - 2.505210838544172e-08
+    s = s * z + 2.7557319223985893e-06
+    s = s * z - 0.0001984126984126984
+    s = s * z + 0.008333333333333333
+    s = s * z - 0.16666666666666666
+    s = s * z + 1.0
+    return c, s * phi
+
+
+def box_muller_angle(w0, phi, q):
+    """The two normals of :func:`box_muller` from the radius word ``w0``, the angle ``phi`` in
+    ``[0, pi/2)`` and the quadrant ``q`` in ``0..3``: ``r (cos, sin)(phi)`` rotated by ``q`` quarter
+    turns, ``(c, s) (-s, c) (-c, -s) (s, -c)``, by selects (no branches, no int-to-float casts)."""
+    r = math.sqrt(-2.0 * log_unit(w0))
+    cq, sq = cos_sin_quarter(phi)
+    c = r * cq
+    s = r * sq
+    odd = q & 1
+    a = s if odd else c
+    b = c if odd else s
+    return (-a if ((q + 1) >> 1) & 1 else a), (-b if q >> 1 else b)
+
+
 def box_muller(w0, w1):
     """Two standard normals from two 32-bit words (Box & Muller 1958), in float64:
-    radius ``sqrt(-2 ln u1)`` with ``u1 = (w0 + 1) 2^-32`` in ``(0, 1]``, angle ``2 pi w1 2^-32``. The
-    angle is taken as quadrant ``w1 >> 30`` plus ``phi`` in ``[0, pi/2)`` from the low 30 bits (the
-    same angle; sin/cos of a small argument skip libm's slow range reduction: 1.6x faster)."""
-    r = math.sqrt(-2.0 * math.log((w0 + 1) * INV_2_32))
-    phi = (w1 & 0x3FFFFFFF) * HALF_PI_2_30
-    c = r * math.cos(phi)
-    s = r * math.sin(phi)
-    q = w1 >> 30  # rotate (c, s) by q quarter turns, without branches: (c,s) (-s,c) (-c,-s) (s,-c)
-    a = s if q & 1 else c
-    b = c if q & 1 else s
-    return (1.0 - 2.0 * (((q + 1) >> 1) & 1)) * a, (1.0 - 2.0 * (q >> 1)) * b
+    radius ``sqrt(-2 ln u1)`` with ``u1 = (w0 + 1) 2^-32`` in ``(0, 1]`` (:func:`log_unit`), angle
+    ``2 pi w1 2^-32`` taken as quadrant ``w1 >> 30`` plus ``phi`` in ``[0, pi/2)`` from the low 30 bits
+    (:func:`cos_sin_quarter`). No libm call: the same bits on every target, and vectorisable."""
+    return box_muller_angle(w0, (w1 & 0x3FFFFFFF) * HALF_PI_2_30, w1 >> 30)
 
 
 def normal4(k0, k1, group, sample, step):
@@ -121,14 +211,14 @@ def ddpm_elem(x, eps, z, inv_sa, s1, c, cx0, cx, std):
     return cx0 * x0 + cx * f64(x) + std * f64(z), x0
 
 
-def ddim_elem(x, eps, z, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, sigma):
-    """DDIM step (Song et al. 2021a, eq. 12):
-    ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma z``; with clipping,
+def ddim_elem(x, eps, z, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma):
+    """DDIM step (Song et al. 2021b, eq. 12):
+    ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - ddim_sigma^2) eps + ddim_sigma z``; with clipping,
     ``eps`` is recomputed from the clipped ``x0_hat``, ``(x - sqrt(ab) x0_hat) / sqrt(1 - ab)``.
     Returns ``(x_prev, x0_hat)``."""
     x0 = x0_from_eps(x, eps, inv_sa, s1, c)
     e = (f64(x) - sa * x0) * inv_s1 if recompute_eps else f64(eps)
-    return sap * x0 + cdir * e + sigma * f64(z), x0
+    return sap * x0 + cdir * e + ddim_sigma * f64(z), x0
 
 
 def em_elem(x, score, z, cx, cs, cz):
@@ -167,7 +257,7 @@ def ftcs2_elem(c, left, right, up, down, r):
     return f64(c) + r * ((f64(left) + f64(right)) + (f64(up) + f64(down)) - 4.0 * f64(c))
 
 
-DEVICE_FUNCTIONS = ("philox_round", "philox4x32_10", "box_muller", "normal4", "lane", "clip",
+DEVICE_FUNCTIONS = ("philox_round", "philox4x32_10", "log_unit", "cos_sin_quarter", "box_muller_angle", "box_muller", "normal4", "lane", "clip",
                     "q_sample_elem", "x0_from_eps", "ddpm_elem", "ddim_elem", "em_elem",
                     "heun_elem", "wrap_index", "ftcs_elem", "ftcs2_elem")
 
@@ -201,12 +291,12 @@ def ddpm_coefficients(alpha_bar, alpha_bar_prev, beta, alpha, posterior_variance
 
 
 def ddim_coefficients(alpha_bar, alpha_bar_prev, eta):
-    """``(sa, inv_sa, s1, inv_s1, sap, cdir, sigma)`` for :func:`ddim_elem` (Song et al. 2021a,
-    eqs. 12 and 16): ``sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev))``."""
+    """``(sa, inv_sa, s1, inv_s1, sap, cdir, ddim_sigma)`` for :func:`ddim_elem` (Song et al. 2021b,
+    eqs. 12 and 16): ``ddim_sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev))``."""
     ab, abp = float(alpha_bar), float(alpha_bar_prev)
-    sigma = float(eta) * math.sqrt((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp))
+    ddim_sigma = float(eta) * math.sqrt((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp))
     sa, s1 = math.sqrt(ab), math.sqrt(1.0 - ab)
-    return sa, 1.0 / sa, s1, 1.0 / s1, math.sqrt(abp), math.sqrt(max(1.0 - abp - sigma**2, 0.0)), sigma
+    return sa, 1.0 / sa, s1, 1.0 / s1, math.sqrt(abp), math.sqrt(max(1.0 - abp - ddim_sigma**2, 0.0)), ddim_sigma
 
 
 def langevin_coefficients(step_size):
@@ -217,14 +307,14 @@ def langevin_coefficients(step_size):
 
 def reverse_sde_coefficients(drift_coef, diffusion, dt):
     """Euler-Maruyama for the reverse SDE ``dx = [f x - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
-    (Song et al. 2021b, eq. 6): ``(1 - f dt) x + g^2 dt score + g sqrt(dt) z``."""
+    (Song et al. 2021a, eq. 6): ``(1 - f dt) x + g^2 dt score + g sqrt(dt) z``."""
     f, g, dt = float(drift_coef), float(diffusion), float(dt)
     return 1.0 - f * dt, g * g * dt, g * math.sqrt(dt)
 
 
 def pf_ode_euler_coefficients(drift_coef, diffusion, dt):
     """Euler for the probability-flow ODE ``dx/dt = f x - g^2 score / 2`` from ``t`` to ``t - dt``
-    (Song et al. 2021b, eq. 13): ``(1 - f dt) x + (g^2 dt / 2) score``."""
+    (Song et al. 2021a, eq. 13): ``(1 - f dt) x + (g^2 dt / 2) score``."""
     f, g, dt = float(drift_coef), float(diffusion), float(dt)
     return 1.0 - f * dt, 0.5 * g * g * dt, 0.0
 

@@ -17,6 +17,13 @@ Glossary -- one name per noise coordinate, everywhere (arguments, records, docst
 * ``ddim_sigma`` -- DDIM's fresh-noise standard deviation ``sigma_t(eta)`` (Song et al. 2021b, eq. 16).
 * ``step`` -- an optimizer step or a noise-counter position, never a noise level.
 """
+import os as _os
+
+# OpenMP threads sleep after a parallel region instead of spinning, so numba's and torch's pools and a
+# second notebook don't fight for 2 cores: 3x faster steps with 2 threads on a loaded machine
+# (kernels/threads.py, kernels/BENCHMARKS.md). libgomp reads it when it is loaded (torch's at
+# ``import torch``): effective when minidiff is imported first; a value already set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .schedule import Schedule, append_dims
 from .forward import q_sample, q_posterior
 from .data import GaussianMixture, load_digits, make_2d

@@ -2,8 +2,10 @@
 
 Every fused update the course uses goes through a function here. Each takes torch tensors (numpy
 arrays are accepted and returned as numpy), and a ``backend=`` argument: ``"numba"`` (the default:
-fused Numba kernels for CPU, or CUDA for CUDA tensors) or ``"torch"`` (a plain torch reference that
-mirrors the formula in eager ops). :func:`use_backend` changes the default in a ``with`` block.
+fused Numba kernels for CPU, or CUDA for CUDA tensors) or ``"torch"`` (a plain torch reference: the
+same formula in eager ops, fed by the same ``minidiff.kernels.formulas.*_coefficients`` as the kernels).
+Every update goes through one driver, :func:`_update` (resolve, check, noise source, outputs, launch or
+reference, result). :func:`use_backend` changes the default in a ``with`` block.
 
 Noise: pass ``noise=`` (a tensor shaped like ``x``) or ``seed=`` (an int) with a ``step`` counter.
 With a seed, noise is a pure function of ``(seed, sample, element, step)`` (counter-based
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import weakref
 
 import numpy as np
 import torch
@@ -86,6 +89,8 @@ def _resolve(backend: str | None) -> str:
 def _as_tensor(x, name: str) -> torch.Tensor:
     """A torch view of ``x`` (zero-copy for numpy unless read-only or negatively strided), checked to
     be float32/float64 with >= 1 dim on a CPU or CUDA device, detached from autograd."""
+    if type(x) is torch.Tensor and x.dtype in _DTYPES and x.ndim >= 1 and (x.is_cpu or x.is_cuda):
+        return x.detach() if x.requires_grad else x  # the common case, checked in ~0.5 us
     if isinstance(x, np.ndarray):
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
@@ -106,6 +111,8 @@ def _like(x: torch.Tensor, other, name: str, ref: str = "x") -> torch.Tensor:
     """``other`` as a tensor with ``x``'s shape, dtype and device, else an error naming ``name``
     (``ref`` is the name of ``x`` in the message)."""
     t = _as_tensor(other, name)
+    if t.shape == x.shape and t.dtype == x.dtype and (t.is_cpu and x.is_cpu or t.device == x.device):
+        return t
     if t.shape != x.shape:
         raise ValueError(f"{name} must have shape {tuple(x.shape)} like {ref}, got {tuple(t.shape)}")
     if t.dtype != x.dtype:
@@ -116,6 +123,8 @@ def _like(x: torch.Tensor, other, name: str, ref: str = "x") -> torch.Tensor:
 
 
 def _check_step(seed, step):
+    if (seed is None or type(seed) is int) and type(step) is int and 0 <= step < 4294967296:
+        return  # the common case without the numbers.Integral checks
     from ._checks import is_int
 
     if seed is not None and not is_int(seed):
@@ -199,6 +208,18 @@ def _rows(t: torch.Tensor, space_dims: int = 0) -> torch.Tensor:
     return t.reshape((-1,) + tuple(t.shape[t.ndim - space_dims:]))
 
 
+def _host_rows(t: torch.Tensor, space_dims: int = 0) -> np.ndarray:
+    """:func:`_rows` as a numpy view, reshaped by numpy (a torch reshape costs ~1 us a call)."""
+    return _np_rows((t if t.is_contiguous() else t.contiguous()).numpy(), space_dims)
+
+
+def _np_rows(a: np.ndarray, space_dims: int = 0) -> np.ndarray:
+    """A contiguous numpy array viewed as :func:`_rows` does."""
+    if space_dims == 0:
+        return a.reshape(a.shape[0], -1)
+    return a.reshape((-1,) + a.shape[a.ndim - space_dims:])
+
+
 def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draws_noise: bool = False,
             per_sample: bool = False):
     """Run kernel ``name`` (CPU or CUDA after ``like``'s device); tensor args are viewed by :func:`_rows`,
@@ -216,15 +237,20 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
         return
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
-    host = [_rows(a.detach(), space_dims).numpy() if isinstance(a, torch.Tensor) else a for a in args]
-    cpu = _cpu_kernels()
-    cpu.run(getattr(cpu, name), host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
+    host = [_host_rows(a, space_dims) if isinstance(a, torch.Tensor) else a for a in args]
+    _cpu_kernels().run(name, host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
+
+
+_CPU = None
 
 
 def _cpu_kernels():
-    from minidiff.kernels import cpu
+    global _CPU
+    if _CPU is None:
+        from minidiff.kernels import cpu
 
-    return cpu
+        _CPU = cpu
+    return _CPU
 
 
 def _cuda_kernels():
@@ -240,10 +266,14 @@ def _cuda_kernels():
 
 
 def _seed_args(seed, step):
-    from minidiff.kernels.formulas import seed_key
-
-    k0, k1 = seed_key(0 if seed is None else seed)
+    global _seed_key
+    if _seed_key is None:
+        from minidiff.kernels.formulas import seed_key as _seed_key
+    k0, k1 = _seed_key(0 if seed is None else seed)
     return [k0, k1, int(step)]
+
+
+_seed_key = None
 
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -355,27 +385,110 @@ def _noise(x, noise, seed, step):
     return normal(x.shape, seed, step, dtype=x.dtype, device=x.device)
 
 
+# ============================================================================ the update driver
+# Every update is one call of :func:`_update` with a kernel name, its arrays, its coefficients (from
+# ``minidiff.kernels.formulas.*_coefficients``, the same numbers for both backends) and its torch
+# reference (a third implementation of the kernel interface: same arrays, same coefficients, eager ops).
+# Kernel arguments are always ``(*arrays, [noise], *coefs, [mode, k0, k1, step], *outputs)``.
+_NO_NOISE = object()  # the update has no noise argument at all (Heun, the stencils)
+
+
+def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, noise=_NO_NOISE, seed=None, step=0,
+            needs_noise: bool = True, outs=(("out", None),), in_place_ok: bool = True, space_dims: int = 0):
+    """The one update driver: resolve the backend, view and check the arrays (the first is ``x``; a
+    ``None`` entry stands for ``x`` itself), choose the noise source, check or allocate the outputs, then
+    launch the kernel or evaluate ``torch_ref(*arrays, z, *coefs)``, and return what the caller asked
+    for (numpy in, numpy out; the caller's ``out`` objects when given)."""
+    name = _resolve(backend)
+    names = list(arrays)
+    x_name = names[0]
+    given_x = arrays[x_name]
+    numpy_in = isinstance(given_x, np.ndarray)
+    x = _as_tensor(given_x, x_name)
+    ts = [x] + [x if arrays[n] is None else _like(x, arrays[n], n, x_name) for n in names[1:]]
+    has_noise = noise is not _NO_NOISE
+    mode, z = _NOISE_NONE, None
+    if has_noise:
+        mode, z, seed = _noise_source(x, noise, seed, step, needed=needs_noise, ref=x_name)
+    host = name == "numba" and x.is_cpu  # the CPU kernels: fresh outputs straight from numpy
+    checked, taken, inputs = [], [], None
+    for out_name, given in outs:
+        if host and given is None:
+            checked.append(np.empty(tuple(x.shape), dtype=_NP_DTYPES[x.dtype]))
+            continue
+        if inputs is None:
+            inputs = {n: (None if n != x_name and arrays[n] is None else t) for n, t in zip(names, ts)}
+            if has_noise:
+                inputs["noise"] = z
+        o = _out(x, given, out_name, inputs, in_place_ok=in_place_ok, taken=taken, allocate=name == "numba")
+        checked.append(o)
+        if o is not None:
+            taken.append((out_name, o))
+    if name == "torch":
+        if x.numel() == 0:
+            computed = tuple(x.clone() for _ in outs)
+        else:
+            zt = _noise(x, z, seed, step) if mode != _NOISE_NONE else None
+            computed = torch_ref(*ts, zt, *coefs) if has_noise else torch_ref(*ts, *coefs)
+            computed = computed if isinstance(computed, tuple) else (computed,)
+        results = tuple(_result(c, o, given, numpy_in) for c, o, (_, given) in zip(computed, checked, outs))
+    elif host:
+        if x.numel():
+            views = [_host_rows(t, space_dims) for t in ts]
+            args = views + ([views[0] if z is None else _host_rows(z, space_dims)] if has_noise else []) + list(coefs)
+            if has_noise:
+                args += [mode] + _seed_args(seed, step)
+            args += [_np_rows(o, space_dims) if type(o) is np.ndarray else _host_rows(o, space_dims) for o in checked]
+            _cpu_kernels().run(kernel, args, x.numel(), mode == _NOISE_PHILOX)
+        results = tuple((o if numpy_in else torch.from_numpy(o)) if given is None else _result(o, o, given, numpy_in)
+                        for o, (_, given) in zip(checked, outs))
+    else:
+        if x.numel():
+            args = ts + ([x if z is None else z] if has_noise else []) + list(coefs)
+            if has_noise:
+                args += [mode] + _seed_args(seed, step)
+            _launch(kernel, x, args + checked, space_dims=space_dims, draws_noise=mode == _NOISE_PHILOX)
+        results = tuple(_result(o, o, given, numpy_in) for o, (_, given) in zip(checked, outs))
+    return results if len(results) > 1 else results[0]
+
+
+_COEFS = weakref.WeakKeyDictionary()  # schedule -> {key: coefficients}: the tables are read-only
+
+
+def _schedule_coefs(schedule, key, compute):
+    """``compute()`` once per ``(schedule, key)``: a step's coefficients read five schedule tables,
+    two of them recomputed by the Schedule on every access (``alpha_bar_prev``, ``posterior_variance``)."""
+    try:
+        per = _COEFS.setdefault(schedule, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return compute()
+    if key not in per:
+        per[key] = compute()
+    return per[key]
+
+
 # ============================================================================ diffusion updates
+def _gather(table, t_index, like: torch.Tensor) -> torch.Tensor:
+    """``table[t_index]`` per sample as a tensor broadcasting against ``like`` ``(B, ...)``."""
+    v = torch.as_tensor(np.asarray(table)[t_index], dtype=like.dtype, device=like.device)
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _q_sample_torch(x0, z, t_index, sqrt_ab, sqrt_1mab):
+    return _gather(sqrt_ab, t_index, x0) * x0 + _gather(sqrt_1mab, t_index, x0) * z
+
+
 def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, out=None, backend=None):
     """``x_t = sqrt(ab[t_index]) x0 + sqrt(1-ab[t_index]) eps`` with per-sample ``t_index`` (B,) int64
     (Ho et al. 2020, eq. 4). ``noise`` may be a tensor, or an int used as ``seed``. ``out``: write
     the result there (see the module notes) and return it."""
     if isinstance(noise, (int, np.integer)):
         noise, seed = None, int(noise)
-    name, numpy_in, x0 = _resolve(backend), isinstance(x0, np.ndarray), _as_tensor(x0, "x0")
-    t = _t_vector(t_index, x0.shape[0], schedule)
-    mode, noise, seed = _noise_source(x0, noise, seed, step, needed=True, ref="x0")
-    o = _out(x0, out, "out", {"x0": x0, "noise": noise}, allocate=name == "numba")
-    if name == "torch":
-        eps = _noise(x0, noise, seed, step)
-        a = schedule.at("sqrt_alpha_bar", t, x0)
-        b = schedule.at("sqrt_one_minus_alpha_bar", t, x0)
-        return _result(a * x0 + b * eps, o, out, numpy_in)
-    if o.numel():
-        _launch("q_sample", x0, [x0, x0 if noise is None else noise, t, schedule.sqrt_alpha_bar,
-                                 schedule.sqrt_one_minus_alpha_bar, mode] + _seed_args(seed, step) + [o],
-                draws_noise=mode == _NOISE_PHILOX)
-    return _result(o, o, out, numpy_in)
+    _resolve(backend)
+    x0_t = _as_tensor(x0, "x0")
+    t_vec = _t_vector(t_index, x0_t.shape[0], schedule)
+    return _update("q_sample", backend, {"x0": x0}, (t_vec, schedule.sqrt_alpha_bar, schedule.sqrt_one_minus_alpha_bar),
+                   _q_sample_torch, noise=noise, seed=seed, step=step, outs=(("out", out),))
 
 
 def _clip_value(clip_x0) -> float:
@@ -390,108 +503,79 @@ def _clip_value(clip_x0) -> float:
     return c
 
 
+def _x0_torch(x, eps, inv_sa, s1, c):
+    """``x0_hat = clip((x - sqrt(1-ab) eps) / sqrt(ab), c)`` (``formulas.x0_from_eps``)."""
+    x0 = (x - s1 * eps) * inv_sa
+    return x0 if math.isinf(c) else x0.clamp(-c, c)
+
+
+def _ddpm_torch(x, eps, z, inv_sa, s1, c, cx0, cx, std):
+    """``formulas.ddpm_elem`` in eager torch."""
+    x0 = _x0_torch(x, eps, inv_sa, s1, c)
+    mean = cx0 * x0 + cx * x
+    return (mean if z is None or std == 0 else mean + std * z), x0
+
+
 def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, clip_x0=None,
               out=None, x0_out=None, backend=None):
     """One ancestral step (Ho et al. 2020, Alg. 2, in posterior-mean form eq. 7).
     Returns ``(x_prev, x0_hat)``, written into ``out`` / ``x0_out`` when given. At ``t_index == 0``
     no noise is added."""
-    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
-    eps = _like(x, eps, "eps")
-    t = _t_scalar(t_index, schedule)
+    _resolve(backend)
+    t_index = _t_scalar(t_index, schedule)
     c = _clip_value(clip_x0)
-    mode, noise, seed = _noise_source(x, noise, seed, step, needed=t > 0)
-    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out, allocate=name == "numba")
-    if name == "torch":
-        xp, x0 = _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0)
-        return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
     from minidiff.kernels.formulas import ddpm_coefficients
 
-    coefs = ddpm_coefficients(schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.betas[t],
-                              schedule.alphas[t], schedule.posterior_variance[t], add_noise=t > 0)
-    if x.numel():
-        inv_sa, s1, cx0, cx, std = coefs
-        _launch("ddpm", x, [x, eps, x if noise is None else noise, inv_sa, s1, c, cx0, cx, std, mode]
-                + _seed_args(seed, step) + [o, o0], draws_noise=mode == _NOISE_PHILOX)
-    return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
+    coefs = _schedule_coefs(schedule, ("ddpm", t_index), lambda: ddpm_coefficients(
+        schedule.alpha_bar[t_index], schedule.alpha_bar_prev[t_index], schedule.betas[t_index],
+        schedule.alphas[t_index], schedule.posterior_variance[t_index], add_noise=t_index > 0))
+    inv_sa, s1, cx0, cx, std = coefs
+    return _update("ddpm", backend, {"x": x, "eps": eps}, (inv_sa, s1, c, cx0, cx, std), _ddpm_torch,
+                   noise=noise, seed=seed, step=step, needs_noise=t_index > 0,
+                   outs=(("out", out), ("x0_out", x0_out)))
 
 
-def _sampler_outputs(x, eps, noise, out, x0_out, allocate):
-    """``out`` and ``x0_out`` of a DDPM/DDIM step: each may be one of the inputs, not each other."""
-    inputs = {"x": x, "eps": eps, "noise": noise}
-    o = _out(x, out, "out", inputs, allocate=allocate)
-    return o, _out(x, x0_out, "x0_out", inputs, taken=[("out", o)] if o is not None else (), allocate=allocate)
-
-
-def _ddpm_torch(x, eps, t, schedule, noise, seed, step, clip_x0):
-    ab = float(schedule.alpha_bar[t])
-    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-    if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
-    ab_prev, beta, alpha = float(schedule.alpha_bar_prev[t]), float(schedule.betas[t]), float(schedule.alphas[t])
-    mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab)) * x
-    if t == 0:
-        return mean, x0
-    std = math.sqrt(float(schedule.posterior_variance[t]))
-    return mean + std * _noise(x, noise, seed, step), x0
+def _ddim_torch(x, eps, z, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma):
+    """``formulas.ddim_elem`` in eager torch."""
+    x0 = _x0_torch(x, eps, inv_sa, s1, c)
+    e = (x - sa * x0) * inv_s1 if recompute_eps else eps
+    out = sap * x0 + cdir * e
+    return (out if z is None or ddim_sigma == 0 else out + ddim_sigma * z), x0
 
 
 def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noise=None, seed=None,
               step=0, clip_x0=None, out=None, x0_out=None, backend=None):
-    """One DDIM step from ``t_index`` to ``t_index_prev`` (``-1`` = to data) (Song et al. 2021a, eq. 12).
-    Returns ``(x_prev, x0_hat)``, written into ``out`` / ``x0_out`` when given."""
-    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
-    eps = _like(x, eps, "eps")
-    t = _t_scalar(t_index, schedule)
-    tp = _t_scalar(t_index_prev, schedule, "t_index_prev", low=-1)
-    if not tp < t:
-        raise ValueError(f"t_index_prev must be < t_index, got {tp} >= {t}")
+    """One DDIM step from ``t_index`` to ``t_index_prev`` (``-1`` = to data) (Song et al. 2021b, eq. 12;
+    fresh-noise std ``ddim_sigma(eta)`` of eq. 16). Returns ``(x_prev, x0_hat)``, written into ``out`` /
+    ``x0_out`` when given."""
+    _resolve(backend)
+    t_index = _t_scalar(t_index, schedule)
+    t_index_prev = _t_scalar(t_index_prev, schedule, "t_index_prev", low=-1)
+    if not t_index_prev < t_index:
+        raise ValueError(f"t_index_prev must be < t_index, got {t_index_prev} >= {t_index}")
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     from minidiff.kernels.formulas import ddim_coefficients
 
-    ab_prev = 1.0 if tp < 0 else float(schedule.alpha_bar[tp])
-    coefs = ddim_coefficients(schedule.alpha_bar[t], ab_prev, eta)
-    sigma = coefs[-1]
-    c = _clip_value(clip_x0)
-    mode, noise, seed = _noise_source(x, noise, seed, step, needed=sigma > 0)
-    o, o0 = _sampler_outputs(x, eps, noise, out, x0_out, allocate=name == "numba")
-    if name == "torch":
-        xp, x0 = _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0)
-        return _result(xp, o, out, numpy_in), _result(x0, o0, x0_out, numpy_in)
-    if x.numel():
-        sa, inv_sa, s1, inv_s1, sap, cdir, sigma = coefs
-        _launch("ddim", x, [x, eps, x if noise is None else noise, sa, inv_sa, s1, inv_s1, c, clip_x0 is not None,
-                            sap, cdir, sigma, mode] + _seed_args(seed, step) + [o, o0],
-                draws_noise=mode == _NOISE_PHILOX)
-    return _result(o, o, out, numpy_in), _result(o0, o0, x0_out, numpy_in)
+    coefs = _schedule_coefs(schedule, ("ddim", t_index, t_index_prev, float(eta)), lambda: ddim_coefficients(
+        schedule.alpha_bar[t_index], 1.0 if t_index_prev < 0 else float(schedule.alpha_bar[t_index_prev]), eta))
+    sa, inv_sa, s1, inv_s1, sap, cdir, ddim_sigma = coefs
+    return _update("ddim", backend, {"x": x, "eps": eps},
+                   (sa, inv_sa, s1, inv_s1, _clip_value(clip_x0), clip_x0 is not None, sap, cdir, ddim_sigma),
+                   _ddim_torch, noise=noise, seed=seed, step=step, needs_noise=ddim_sigma > 0,
+                   outs=(("out", out), ("x0_out", x0_out)))
 
 
-def _ddim_torch(x, eps, t, ab_prev, schedule, eta, noise, seed, step, clip_x0):
-    ab = float(schedule.alpha_bar[t])
-    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-    if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-    out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-    if sigma > 0:
-        out = out + sigma * _noise(x, noise, seed, step)
-    return out, x0
+def _em_torch(x, score, z, cx, cs, cz):
+    """``formulas.em_elem`` in eager torch."""
+    y = cx * x + cs * score
+    return y if z is None or cz == 0 else y + cz * z
 
 
-def _em(x, score, coefs, noise, seed, step, needed, torch_fn, backend, out):
-    """Shared driver of the Euler-Maruyama-shaped updates ``cx x + cs score + cz z``."""
-    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
-    score = x if score is None else _like(x, score, "score")
-    mode, noise, seed = _noise_source(x, noise, seed, step, needed=needed)
-    o = _out(x, out, "out", {"x": x, "score": score, "noise": noise}, allocate=name == "numba")
-    if name == "torch":
-        z = _noise(x, noise, seed, step) if needed else None
-        return _result(torch_fn(x, score, z), o, out, numpy_in)
-    if x.numel():
-        _launch("em", x, [x, score, x if noise is None else noise, *coefs, mode] + _seed_args(seed, step) + [o],
-                draws_noise=mode == _NOISE_PHILOX)
-    return _result(o, o, out, numpy_in)
+def _em(x, score, coefs, noise, seed, step, needed, backend, out):
+    """Euler-Maruyama-shaped updates ``cx x + cs score + cz z`` (``score=None``: no score term)."""
+    return _update("em", backend, {"x": x, "score": score}, coefs, _em_torch, noise=noise, seed=seed, step=step,
+                   needs_noise=needed, outs=(("out", out),))
 
 
 def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, out=None, backend=None):
@@ -500,52 +584,43 @@ def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, 
 
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
-    return _em(x, score, langevin_coefficients(step_size), noise, seed, step, True,
-               lambda x, s, z: x + 0.5 * step_size * s + math.sqrt(step_size) * z, backend, out)
+    return _em(x, score, langevin_coefficients(step_size), noise, seed, step, True, backend, out)
 
 
 def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float, noise=None,
                      seed=None, step=0, out=None, backend=None):
     """Euler-Maruyama step of the reverse SDE ``dx = [f - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
-    (Anderson 1982; Song et al. 2021b, eq. 6), with linear drift ``f(x, t) = drift_coef * x``:
+    (Anderson 1982; Song et al. 2021a, eq. 6), with linear drift ``f(x, t) = drift_coef * x``:
     ``x - (drift_coef x - g^2 score) dt + g sqrt(dt) z``."""
     from minidiff.kernels.formulas import reverse_sde_coefficients
 
     if not dt >= 0:
         raise ValueError(f"dt must be >= 0, got {dt}")
-    return _em(x, score, reverse_sde_coefficients(drift_coef, diffusion, dt), noise, seed, step, True,
-               lambda x, s, z: x - (drift_coef * x - diffusion**2 * s) * dt + diffusion * math.sqrt(dt) * z,
-               backend, out)
+    return _em(x, score, reverse_sde_coefficients(drift_coef, diffusion, dt), noise, seed, step, True, backend, out)
 
 
 def pf_ode_euler_step(x, score, *, drift_coef: float, diffusion: float, dt: float, out=None, backend=None):
     """Euler step of the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from ``t`` to ``t - dt``
-    (Song et al. 2021b, eq. 13)."""
+    (Song et al. 2021a, eq. 13)."""
     from minidiff.kernels.formulas import pf_ode_euler_coefficients
 
-    return _em(x, score, pf_ode_euler_coefficients(drift_coef, diffusion, dt), None, None, 0, False,
-               lambda x, s, z: x - (drift_coef * x - 0.5 * diffusion**2 * s) * dt, backend, out)
+    return _em(x, score, pf_ode_euler_coefficients(drift_coef, diffusion, dt), None, None, 0, False, backend, out)
+
+
+def _heun_torch(x, score, x_euler, score_euler, cx, cs, cxe, cse):
+    """``formulas.heun_elem`` in eager torch."""
+    return cx * x + cs * score + cxe * x_euler + cse * score_euler
 
 
 def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffusion: float,
                      drift_coef_next: float, diffusion_next: float, dt: float, out=None, backend=None):
     """Heun (trapezoidal) correction for the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 9-11):
     ``x - dt/2 (d(x, t) + d(x_euler, t - dt))`` with ``d = f - g^2 score / 2``."""
-    name, numpy_in, x = _resolve(backend), isinstance(x, np.ndarray), _as_tensor(x, "x")
-    score, x_euler = _like(x, score, "score"), _like(x, x_euler, "x_euler")
-    score_euler = _like(x, score_euler, "score_euler")
-    o = _out(x, out, "out", {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler},
-             allocate=name == "numba")
-    if name == "torch":
-        d1 = drift_coef * x - 0.5 * diffusion**2 * score
-        d2 = drift_coef_next * x_euler - 0.5 * diffusion_next**2 * score_euler
-        return _result(x - 0.5 * dt * (d1 + d2), o, out, numpy_in)
     from minidiff.kernels.formulas import heun_coefficients
 
     coefs = heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
-    if x.numel():
-        _launch("heun", x, [x, score, x_euler, score_euler, *coefs, o])
-    return _result(o, o, out, numpy_in)
+    return _update("heun", backend, {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler},
+                   coefs, _heun_torch, outs=(("out", out),))
 
 
 # ============================================================================ exact-score trajectories
@@ -583,6 +658,20 @@ def _hold_boundary(new, u, dims):
     return new
 
 
+def _ftcs1d_torch(u, r, bc_code):
+    bc = BOUNDARY_CONDITIONS[bc_code]
+    left, right = _neighbours(u, -1, bc)
+    new = u + r * (left - 2 * u + right)
+    return _hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new
+
+
+def _ftcs2d_torch(u, r, bc_code):
+    bc = BOUNDARY_CONDITIONS[bc_code]
+    (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
+    new = u + r * (l + rt + up + dn - 4 * u)
+    return _hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new
+
+
 def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
                  out=None, backend=None):
     """Explicit (FTCS) step of ``u_t = D u_xx`` along the last axis: ``u + r (u_{i-1} - 2 u_i + u_{i+1})``,
@@ -590,18 +679,11 @@ def ftcs_step_1d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     ``allow_unstable=True``. ``bc``: ``"periodic"``, ``"dirichlet"`` (end nodes held fixed) or
     ``"neumann"`` (zero flux: ghost cells copy the end nodes, so ``sum(u)`` is conserved).
     ``u``: ``(B, N)`` (any leading axes are batch)."""
-    name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
+    _resolve(backend)
+    _as_tensor(u, "u")
     r = _check_stencil(D, dt, dx, bc, 0.5, allow_unstable)
-    o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
-    if name == "torch" and u.numel() == 0:  # nothing to update: empty like the numba backend's result
-        return _result(u.clone(), o, out, numpy_in)
-    if name == "torch":
-        left, right = _neighbours(u, -1, bc)
-        new = u + r * (left - 2 * u + right)
-        return _result(_hold_boundary(new, u, [-1 % u.ndim]) if bc == "dirichlet" else new, o, out, numpy_in)
-    if u.numel():
-        _launch("ftcs1d", u, [u, r, _BC_CODE[bc], o], space_dims=1)
-    return _result(o, o, out, numpy_in)
+    return _update("ftcs1d", backend, {"u": u}, (r, _BC_CODE[bc]), _ftcs1d_torch, outs=(("out", out),),
+                   in_place_ok=False, space_dims=1)
 
 
 def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", allow_unstable: bool = False,
@@ -609,21 +691,12 @@ def ftcs_step_2d(u, D: float, dt: float, dx: float, *, bc: str = "periodic", all
     """Explicit 5-point step of ``u_t = D (u_xx + u_yy)`` on the last two axes, stable for
     ``r = D dt/dx^2 <= 1/4`` (larger raises ValueError unless ``allow_unstable=True``).
     ``u``: ``(B, H, W)``; ``bc`` as in :func:`ftcs_step_1d`, on all four sides."""
-    name, numpy_in, u = _resolve(backend), isinstance(u, np.ndarray), _as_tensor(u, "u")
-    if u.ndim < 2:
-        raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(u.shape)}")
+    _resolve(backend)
+    if _as_tensor(u, "u").ndim < 2:
+        raise ValueError(f"u must have at least 2 dims (H, W), got shape {tuple(np.shape(u))}")
     r = _check_stencil(D, dt, dx, bc, 0.25, allow_unstable)
-    o = _out(u, out, "out", {"u": u}, in_place_ok=False, allocate=name == "numba")
-    if name == "torch" and u.numel() == 0:
-        return _result(u.clone(), o, out, numpy_in)
-    if name == "torch":
-        (l, rt), (up, dn) = _neighbours(u, u.ndim - 1, bc), _neighbours(u, u.ndim - 2, bc)
-        new = u + r * (l + rt + up + dn - 4 * u)
-        return _result(_hold_boundary(new, u, [u.ndim - 2, u.ndim - 1]) if bc == "dirichlet" else new, o, out,
-                       numpy_in)
-    if u.numel():
-        _launch("ftcs2d", u, [u, r, _BC_CODE[bc], o], space_dims=2)
-    return _result(o, o, out, numpy_in)
+    return _update("ftcs2d", backend, {"u": u}, (r, _BC_CODE[bc]), _ftcs2d_torch, outs=(("out", out),),
+                   in_place_ok=False, space_dims=2)
 
 
 def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, seed=None, step=0,
@@ -634,8 +707,7 @@ def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, 
 
     if not (D >= 0 and dt >= 0):
         raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
-    return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True,
-               lambda x, s, z: x + drift_coef * x * dt + math.sqrt(2 * D * dt) * z, backend, out)
+    return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True, backend, out)
 
 
 # ============================================================================ categorical draws (discrete diffusion)

@@ -449,3 +449,15 @@ def test_ddpm_sampling_same_samples_through_both_backends(dtype):
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(outs["numba"], outs["torch"], rtol=tol, atol=tol)
     assert math.isfinite(float(outs["numba"].abs().max()))
+
+
+def test_import_sets_a_passive_openmp_wait_policy_unless_one_is_set():
+    """kernels/threads.py measured spinning OpenMP pools 3x slower on a shared machine: import minidiff
+    defaults OMP_WAIT_POLICY to PASSIVE, and keeps a value the user set."""
+    code = "import os, minidiff; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "PASSIVE", r.stderr
+    r = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ACTIVE", r.stderr

@@ -131,3 +131,31 @@ def test_identical_with_numba_num_threads_1_and_2_in_subprocesses():
         assert threads == k
         out.append(digest)
     assert out[0] == out[1] == _noise_digest()
+
+
+def test_libm_free_log_and_sincos_match_math_to_a_few_ulp():
+    """formulas.log_unit / cos_sin_quarter (polynomials, so the Box-Muller loop vectorises) against libm."""
+    import math
+
+    rng = np.random.default_rng(3)
+    words = [0, 1, 2, 3, 65535, 65536, 2**31, 2**32 - 2, 2**32 - 1] + rng.integers(0, 2**32, 5000).tolist()
+    for w in words:
+        want = math.log((w + 1) * 2.0**-32)
+        assert abs(F.log_unit(w) - want) <= 4 * np.spacing(abs(want)) + 1e-300, w
+    for phi in np.concatenate([np.linspace(0, math.pi / 2, 4001)[:-1], [math.pi / 2 - 1e-9]]):
+        c, s = F.cos_sin_quarter(float(phi))
+        assert abs(c - math.cos(phi)) <= 4e-16 and abs(s - math.sin(phi)) <= 4e-16, phi
+
+
+def test_serial_twin_and_parallel_kernel_give_identical_bits():
+    """cpu.run takes the serial twin below SERIAL_BELOW: it must compute exactly what the parallel kernel does."""
+    from minidiff.kernels import cpu
+
+    x = np.random.default_rng(0).standard_normal((37, 101)).astype(np.float32)
+    outs = []
+    for k in (cpu.ddpm, cpu.serial(cpu.ddpm)):
+        o, o0 = np.empty_like(x), np.empty_like(x)
+        k(x, x * 0.5, x, 1.2, 0.4, 1.0, 0.3, 0.9, 0.1, 2, 7, 0, 3, o, o0)  # NOISE_PHILOX
+        outs.append((o, o0))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
