@@ -152,3 +152,15 @@ def test_flow_matching_digits_meet_the_ddpm_bar_at_20_nfe():
     assert float(hist.min()) >= 0.05, hist
     q = metrics.digits_quality(x)   # the headline measure: KID's 2-SE interval reaches the floor's
     assert not q.beyond_floor(2.0), str(q)
+
+
+# ---------------------------------------------------------------------------- glyphs (issue 18)
+def test_glyph_classifier_meets_its_bar():
+    """The shipped glyph classifier names the character of >= 90 % of the test glyphs at 32x32 and at
+    16x16 (chance 1/62) and weight and slant well above chance, on a split it never saw."""
+    info = json.loads((WEIGHTS / "glyph_classifier.json").read_text())
+    assert (WEIGHTS / "glyph_classifier.safetensors").stat().st_size <= 5 * 1024 * 1024
+    assert "python -m minidiff.metrics.glyphs" in info["command"] and info["measured"]
+    for size in (32, 16):
+        acc = metrics.glyph_accuracy(split="test", size=size)
+        assert acc["char"] >= 0.9 and acc["weight"] >= 0.8 and acc["slant"] >= 0.8 and acc["family"] >= 0.4, acc
