@@ -26,7 +26,8 @@ turns its samples into images.
 CLI (one recorded command per shipped file, see ``minidiff/weights/glyph_vae.json``)::
 
     python -m minidiff.vae train-vae --steps 800 --batch-size 64 --seed 0 --threads 1 --out glyph_vae.safetensors
-    python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 3000 --threads 1 --out latent.safetensors
+    python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 800 --batch-size 32 \
+        --threads 1 --out latent.safetensors
 """
 from __future__ import annotations
 
@@ -280,9 +281,9 @@ def _latent_model_config(kind: str, latent_shape):
 
     c, s, _ = latent_shape
     if kind == "unet":
-        return UNetConfig(image_size=s, in_channels=c, base_channels=48, channel_mults=(1, 2), num_res_blocks=1)
+        return UNetConfig(image_size=s, in_channels=c, base_channels=32, channel_mults=(1, 2), num_res_blocks=1)
     if kind == "dit":
-        return DiTConfig(image_size=s, in_channels=c, patch_size=1, hidden=128, depth=4, heads=4)
+        return DiTConfig(image_size=s, in_channels=c, patch_size=2, hidden=96, depth=4, heads=4)
     raise ValueError(f"model must be 'unet' or 'dit', got {kind!r}")
 
 
@@ -308,7 +309,7 @@ def main(argv=None) -> int:
     b.add_argument("--model", choices=("unet", "dit"), default="unet")
     b.add_argument("--steps", type=int, default=4000)
     b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--lr", type=float, default=2e-3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default="glyph_latent.safetensors")
     for q in (a, b):

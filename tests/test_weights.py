@@ -164,3 +164,21 @@ def test_glyph_classifier_meets_its_bar():
     for size in (32, 16):
         acc = metrics.glyph_accuracy(split="test", size=size)
         assert acc["char"] >= 0.9 and acc["weight"] >= 0.8 and acc["slant"] >= 0.8 and acc["family"] >= 0.4, acc
+
+
+def test_glyph_vae_meets_its_bar():
+    """The shipped glyph VAE keeps what a glyph is: the glyph classifier names the character of >= 85 % of
+    the reconstructed test glyphs, and 500 reconstructions are not distinguishable from real glyphs by KID
+    (the 2-SE interval reaches the real-vs-real floor's), while decoded N(0, I) latents are."""
+    from minidiff import glyphs, vae
+
+    info = json.loads((WEIGHTS / "glyph_vae.json").read_text())
+    assert (WEIGHTS / "glyph_vae.safetensors").stat().st_size <= 5 * 1024 * 1024
+    assert "python -m minidiff.vae train-vae" in info["command"] and info["measured"]
+    codec = vae.load_codec()
+    x, lab = glyphs.load_glyphs("test", 32)
+    recon = codec.decode(codec.encode(x))
+    assert float((metrics.classify_glyphs(recon)["char"] == lab.char).double().mean()) >= 0.85
+    assert not metrics.glyph_quality(recon[:500]).beyond_floor(2.0)
+    prior = codec.decode(torch.randn((500, *codec.latent_shape), generator=torch.Generator().manual_seed(0)))
+    assert metrics.glyph_quality(prior).beyond_floor(2.0)

@@ -208,22 +208,26 @@ def _reference(classifier, which: str, size: int) -> torch.Tensor:
 def glyph_quality(samples, *, seed: int = 0, classifier=None, k: int = 3, n_test: int | None = None) -> QualityReport:
     """Sample quality of glyphs ``samples (n, 1, 32, 32)`` (or 16x16) in ``[-1, 1]`` in the glyph
     classifier's feature space: :func:`kid` against the test split (its first ``n_test`` images; all 2 000
-    by default), the floor :func:`kid` of ``n`` train-split glyphs (a draw without replacement with
-    ``seed``) against the same test images -- both unseen by the classifier --, precision and recall with
+    by default; fewer is faster and noisier), the floor :func:`kid` of ``n`` train-split glyphs (a draw
+    without replacement with ``seed``) against the same test images -- both unseen by the classifier --, precision and recall with
     the test images as the real set (also for the floor's), and the Fréchet distance. Returns the same
     :class:`~minidiff.metrics.QualityReport` as :func:`~minidiff.metrics.digits_quality`."""
+    from ..glyphs import load_glyphs
+
     seed = _check_count(seed, "seed", 0)
     if not isinstance(samples, torch.Tensor):
         raise TypeError(f"samples must be a torch.Tensor, got {type(samples).__name__}")
     size = int(samples.shape[-1]) if samples.ndim >= 3 else 32
     feats = glyph_features(samples, classifier)
     n = int(feats.shape[0])
-    test = _reference(classifier, "test", size if size in (16, 32) else 32)
-    if n_test is not None:
-        test = test[:_check_count(n_test, "n_test", 3)]
-    train = _reference(classifier, "train", size if size in (16, 32) else 32)
+    size = size if size in (16, 32) else 32
+    if n_test is None:
+        test = _reference(classifier, "test", size)
+    else:  # the first n_test test images (features not cached)
+        test = glyph_features(load_glyphs("test", size, n=_check_count(n_test, "n_test", 3))[0], classifier)
+    train = load_glyphs("train", size)[0]
     pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:min(n, train.shape[0])]
-    floor_feats = train[pick]
+    floor_feats = glyph_features(train[pick], classifier)  # only the n floor images go through the network
     precision, recall = precision_recall(test, feats, k=k)
     floor_precision, floor_recall = precision_recall(test, floor_feats, k=k)
     floor = kid(floor_feats, test)
