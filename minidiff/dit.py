@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks as _c
+from . import unet as _unet
 from .unet import _TimeLabelEmbedding, _check_prediction, _t, _y
 
 __all__ = ["DiTConfig", "DiT", "DiTBlock", "patchify", "unpatchify", "sincos_position_embedding", "modulate",
@@ -210,6 +211,9 @@ class DiT(nn.Module):
         finally:
             for b in self.blocks:
                 b.attn.keep_maps, b.attn.maps = False, None
+
+
+_unet._KINDS["dit"] = (DiTConfig, DiT)  # same build_model / config_to_dict / config_from_dict / checkpoints
 
 
 def dit_flops(config: DiTConfig, batch: int = 1) -> int:

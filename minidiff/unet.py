@@ -386,6 +386,6 @@ def as_eps_model(model: nn.Module, schedule: Schedule, y=None, guidance_scale: f
 
 
 # ---------------------------------------------------------------------------- the transformer denoiser
-from .dit import DiT, DiTConfig  # noqa: E402  (minidiff.dit builds on this module's embeddings)
-
-_KINDS["dit"] = (DiTConfig, DiT)
+# minidiff.dit builds on this module's embeddings and adds ("dit": (DiTConfig, DiT)) to _KINDS when it is
+# imported; importing it here makes build_model / config_from_dict know it whichever module comes first.
+from . import dit as _dit  # noqa: E402,F401
