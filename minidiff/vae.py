@@ -26,7 +26,7 @@ turns its samples into images.
 CLI (one recorded command per shipped file, see ``minidiff/weights/glyph_vae.json``)::
 
     python -m minidiff.vae train-vae --steps 800 --batch-size 64 --seed 0 --threads 1 --out glyph_vae.safetensors
-    python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 800 --batch-size 32 \
+    python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 600 --batch-size 32 \
         --threads 1 --out latent.safetensors
 """
 from __future__ import annotations
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
                                              lr=args.lr, seed=args.seed, warmup=100, lr_min_frac=0.05, progress=True)]
     secs = time.perf_counter() - t0
     tail = losses[-200:]
-    info = dict(seed=args.seed, steps=args.steps, model=args.model, vae=Path(args.vae).name, latent_scale=codec.scale,
+    info = dict(seed=args.seed, steps=args.steps, network=args.model, vae=Path(args.vae).name, latent_scale=codec.scale,
                 train_wall_s=round(secs, 1), steps_per_s=round(args.steps / secs, 3), final_loss=sum(tail) / len(tail),
                 parameters=count_parameters(state.ema),
                 loss_curve=[round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5) for i in range(0, len(losses), 100)])

@@ -116,3 +116,18 @@ def test_bad_config(kw, exc):
 def test_bad_model_config():
     with pytest.raises(TypeError, match="VAEConfig"):
         vae.AutoencoderKL(dataclasses.asdict(TINY))
+
+
+@pytest.mark.slow
+def test_cli_writes_loadable_files(tmp_path):
+    """Both recorded commands run end to end (a few steps) and write files the loaders accept."""
+    out = tmp_path / "vae.safetensors"
+    assert vae.main(["train-vae", "--steps", "2", "--batch-size", "8", "--out", str(out)]) == 0
+    codec = vae.load_codec(out)
+    for kind, cls in (("unet", "UNet"), ("dit", "DiT")):
+        lat = tmp_path / f"{kind}.safetensors"
+        assert vae.main(["train-latent", "--vae", str(out), "--model", kind, "--steps", "2", "--batch-size", "8",
+                         "--out", str(lat)]) == 0
+        model, _, meta = train.load_weights(lat)
+        assert type(model).__name__ == cls and meta["info"]["network"] == kind
+        assert meta["info"]["latent_scale"] == codec.scale
