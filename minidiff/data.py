@@ -21,6 +21,7 @@ from . import _checks as _c
 __all__ = [
     "GaussianMixture", "load_digits", "digits_split", "make_2d", "TOYS_2D",
     "to_unit_interval", "from_unit_interval", "standardize", "augment_shift",
+    "load_glyphs", "GlyphLabels", "glyph_caption",
 ]
 
 
@@ -333,3 +334,8 @@ def make_2d(name: str, n: int, *, noise: float = 0.03, generator: torch.Generato
     x = TOYS_2D[name](n, g)
     x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
     return x.to(dtype)
+
+
+# ============================================================================ glyphs (minidiff.glyphs)
+from .glyphs import GlyphLabels, load_glyphs  # noqa: E402  (re-exported: 32x32 / 16x16 font glyphs)
+from .glyphs import caption as glyph_caption  # noqa: E402

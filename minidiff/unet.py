@@ -309,12 +309,12 @@ def build_model(config) -> nn.Module:
     for cfg_cls, model_cls in _KINDS.values():
         if type(config) is cfg_cls:
             return model_cls(config)
-    raise TypeError(f"config must be a UNetConfig or MLPConfig, got {type(config).__name__}")
+    raise TypeError(f"config must be one of {[c.__name__ for c, _ in _KINDS.values()]}, got {type(config).__name__}")
 
 
 def config_to_dict(config) -> dict:
     """A JSON-able dict ``{"kind": "unet"|"mlp", **fields}``."""
-    kind = {UNetConfig: "unet", MLPConfig: "mlp"}.get(type(config))
+    kind = next((k for k, (cfg_cls, _) in _KINDS.items() if type(config) is cfg_cls), None)
     if kind is None:
         raise TypeError(f"not a model config: {type(config).__name__}")
     d = dataclasses.asdict(config)
@@ -375,3 +375,9 @@ def as_eps_model(model: nn.Module, schedule: Schedule, y=None, guidance_scale: f
             return forward.convert(pred, x, alpha_bar, source=config.prediction, target="eps")
 
     return eps_fn
+
+
+# ---------------------------------------------------------------------------- the transformer denoiser
+# minidiff.dit builds on this module's embeddings and adds ("dit": (DiTConfig, DiT)) to _KINDS when it is
+# imported; importing it here makes build_model / config_from_dict know it whichever module comes first.
+from . import dit as _dit  # noqa: E402,F401

@@ -10,6 +10,9 @@
   precision and recall (Kynkäänniemi et al. 2019) --, FD-digits (Heusel et al. 2017's recipe with a
   domain classifier) as a secondary column, :func:`memorisation`, and :func:`compare`, which says
   "not distinguishable at this n" instead of ranking noise.
+* :mod:`~minidiff.metrics.glyphs`: the same measures on glyph images (:func:`glyph_quality`) with a
+  glyph classifier (character, family, weight, slant) trained on a split disjoint from both sides of
+  the floor.
 * :mod:`~minidiff.metrics.sliced`: sliced Wasserstein distance for 2-D data, with its floor.
 * :mod:`~minidiff.metrics.likelihood`: ``log p(x)`` by the probability-flow ODE and bits/dim.
 
@@ -28,6 +31,8 @@ from .quality import (MemorisationReport, QualityReport, compare, digits_quality
 from .sliced import sliced_wasserstein, sliced_wasserstein_floor, sliced_wasserstein_result
 from .likelihood import DIGITS_BIN_WIDTH, NLLResult, bits_per_dim, digits_bits_per_dim, log_likelihood
 from .cli import main
+from .glyphs import (GLYPH_CLASSIFIER_PATH, GlyphClassifier, classify_glyphs, glyph_accuracy, glyph_features,
+                     glyph_logits, glyph_quality, load_glyph_classifier, save_glyph_classifier, train_glyph_classifier)
 
 __all__ = [
     "MetricResult", "NLLResult", "DigitClassifier", "train_classifier", "load_classifier", "save_classifier",
@@ -37,4 +42,6 @@ __all__ = [
     "Estimate", "kid", "polynomial_kernel", "precision_recall", "QualityReport", "digits_quality",
     "MemorisationReport", "memorisation", "compare", "classifier_split", "parameters_digest",
     "classifier_logits",
+    "GlyphClassifier", "GLYPH_CLASSIFIER_PATH", "train_glyph_classifier", "save_glyph_classifier",
+    "load_glyph_classifier", "glyph_logits", "classify_glyphs", "glyph_features", "glyph_accuracy", "glyph_quality",
 ]
