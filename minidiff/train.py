@@ -205,6 +205,9 @@ PRESETS: dict[str, Preset] = {
                      batch_size=256, lr=2e-3, objective="fm"),
     "fm_digits": Preset("fm_digits", "digits", dataclasses.replace(DIGITS_UNET, prediction="velocity"), steps=2000,
                         batch_size=128, lr=2e-3, objective="fm"),
+    # SR3 super-resolution 4x4 -> 8x8 (notebook 11): channel 0 x_t, channel 1 the lifted low-res digit
+    "sr_digits": Preset("sr_digits", "digits", dataclasses.replace(DIGITS_UNET, in_channels=2, base_channels=16),
+                        steps=2500, batch_size=64, lr=2e-3, objective="sr3"),
 }
 
 
@@ -315,6 +318,9 @@ OBJECTIVES: dict[str, type] = {"ddpm": DDPMObjective, "fm": FlowMatchingObjectiv
 from .discrete import MaskedDiffusionObjective  # noqa: E402  (masked diffusion on tokens, notebook 12)
 
 OBJECTIVES["masked"] = MaskedDiffusionObjective
+from .conditional import SR3Objective  # noqa: E402  (SR3 super-resolution, notebook 11)
+
+OBJECTIVES["sr3"] = SR3Objective
 
 
 def get_objective(objective) -> object:
