@@ -207,7 +207,7 @@ def load_sound_model(path=None):
 
 def sample_sounds(model, schedule, notes, *, n_steps: int = 50, guidance_scale: float | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Clips for the requested note indices ``notes`` ``(B,)``: DDIM (``eta = 0``) from ``N(0, I)`` with
+    """Clips for the requested note indices ``notes`` ``(B,)``: DDIM (``eta = 0``, ``x0`` clipped to ``[-1, 1]``) from ``N(0, I)`` with
     classifier-free guidance ``guidance_scale`` (Ho & Salimans 2022, eq. 6). ``(B, 512)``."""
     from . import samplers
     from .unet import as_eps_model
@@ -215,7 +215,7 @@ def sample_sounds(model, schedule, notes, *, n_steps: int = 50, guidance_scale: 
     notes = torch.as_tensor(notes, dtype=torch.int64).reshape(-1)
     x_T = torch.randn((notes.numel(), N_SAMPLES), generator=generator)
     eps_fn = as_eps_model(model, schedule, y=notes, guidance_scale=guidance_scale)
-    return samplers.final(samplers.ddim(eps_fn, x_T, schedule, n_steps, backend="torch"))
+    return samplers.final(samplers.ddim(eps_fn, x_T, schedule, n_steps, clip_x0=1.0, backend="torch"))
 
 
 def pitch_accuracy(clips, notes) -> float:
