@@ -242,6 +242,9 @@ PRESETS: dict[str, Preset] = {
                         batch_size=128, lr=2e-3, objective="fm"),
     # EDM (notebook 08): the digits U-Net as F inside minidiff.edm.Precond, trained with the EDM loss
     "edm_digits": Preset("edm_digits", "digits", DIGITS_UNET, steps=800, batch_size=128, lr=2e-3, objective="edm"),
+    # SR3 super-resolution 4x4 -> 8x8 (notebook 11): channel 0 x_t, channel 1 the lifted low-res digit
+    "sr_digits": Preset("sr_digits", "digits", dataclasses.replace(DIGITS_UNET, in_channels=2, base_channels=16),
+                        steps=2500, batch_size=64, lr=2e-3, objective="sr3"),
 }
 
 
@@ -352,6 +355,10 @@ OBJECTIVES["masked"] = MaskedDiffusionObjective
 from .edm import EDMObjective  # noqa: E402  (EDM loss, Karras et al. 2022; notebook 08)
 
 OBJECTIVES["edm"] = EDMObjective
+
+from .conditional import SR3Objective  # noqa: E402  (SR3 super-resolution, notebook 11)
+
+OBJECTIVES["sr3"] = SR3Objective
 
 
 def get_objective(objective) -> object:
