@@ -101,11 +101,11 @@ def test_teacher_step_is_ddim():
     mix = GaussianMixture.grid_2d(2, spacing=2.0, std=0.3)
     eps_fn = mix.eps_model(sched)
     x_t = torch.randn(256, 2, dtype=torch.float64)
-    for t, t_prev in [(999, 944), (500, 300), (60, 0)]:
-        ab, ab_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
-        eps = eps_fn(x_t, torch.full((256,), t))
-        want, _ = ddim_step(x_t, eps, t, t_prev, sched, backend="torch")
-        got = cm.teacher_step(eps_fn, x_t / np.sqrt(ab), t, t_prev, sched) * np.sqrt(ab_prev)
+    for t_index, t_index_prev in [(999, 944), (500, 300), (60, 0)]:
+        ab, ab_prev = sched.alpha_bar[t_index], sched.alpha_bar[t_index_prev]
+        eps = eps_fn(x_t, torch.full((256,), t_index))
+        want, _ = ddim_step(x_t, eps, t_index, t_index_prev, sched, backend="torch")
+        got = cm.teacher_step(eps_fn, x_t / np.sqrt(ab), t_index, t_index_prev, sched) * np.sqrt(ab_prev)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
