@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import _checks as _c
 from . import unet as _unet
-from .unet import _TimeLabelEmbedding, _check_prediction, _t, _y
+from .unet import _TimeLabelEmbedding, _check_prediction, _t_index, _y
 
 __all__ = ["DiTConfig", "DiT", "DiTBlock", "patchify", "unpatchify", "sincos_position_embedding", "modulate",
            "dit_flops", "forward_flops"]
@@ -193,7 +193,7 @@ class DiT(nn.Module):
         c = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
             raise ValueError(f"x must be (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}")
-        cond = self.cond(_t(t_index, x), _y(y, x, c.num_classes))           # (B, D)
+        cond = self.cond(_t_index(t_index, x), _y(y, x, c.num_classes))           # (B, D)
         h = self.embed(patchify(x, c.patch_size)) + self.pos                 # (B, N, D)
         for block in self.blocks:
             h = block(h, cond)
