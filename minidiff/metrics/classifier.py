@@ -126,13 +126,18 @@ def _load_default_classifier():
 
 
 def _load_classifier(path: Path) -> DigitClassifier:
+    return load_frozen(path, DigitClassifier(), "classifier", "the digits classifier")
+
+
+def load_frozen(path: Path, model: nn.Module, kind: str, what: str) -> nn.Module:
+    """``model`` with the weights of the minidiff file ``path`` whose kind (and tensor prefix) is ``kind``, in eval
+    mode and frozen; a file of another kind is refused naming ``what`` was expected."""
     from .. import checkpoint as ckpt
 
     tensors, meta = ckpt.load(path)
-    if meta.get("kind") != "classifier":
-        raise ValueError(f"{path} is a minidiff {meta.get('kind')!r} file, not the digits classifier")
-    model = DigitClassifier()
-    ckpt.load_state_into(model, ckpt.subset(tensors, "classifier"), f"classifier {path}")
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} is a minidiff {meta.get('kind')!r} file, not {what}")
+    ckpt.load_state_into(model, ckpt.subset(tensors, kind), f"{kind.replace('_', ' ')} {path}")
     return model.eval().requires_grad_(False)
 
 

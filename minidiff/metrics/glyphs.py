@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classifier import parameters_digest
+from .classifier import load_frozen, parameters_digest
 from .estimate import Estimate, _check_count
 from .quality import QualityReport, frechet_distance, kid, precision_recall
 
@@ -132,14 +132,7 @@ def _load_default():
 
 
 def _load(path: Path) -> GlyphClassifier:
-    from .. import checkpoint as ckpt
-
-    tensors, meta = ckpt.load(path)
-    if meta.get("kind") != "glyph_classifier":
-        raise ValueError(f"{path} is a minidiff {meta.get('kind')!r} file, not the glyph classifier")
-    model = GlyphClassifier()
-    ckpt.load_state_into(model, ckpt.subset(tensors, "glyph_classifier"), f"glyph classifier {path}")
-    return model.eval().requires_grad_(False)
+    return load_frozen(path, GlyphClassifier(), "glyph_classifier", "the glyph classifier")
 
 
 def _prep(x) -> torch.Tensor:
