@@ -201,6 +201,33 @@ def test_tv_interval_covers_the_exact_tv_and_counts_off_table_mass():
     assert TABLE.tv(off) == pytest.approx(1.0)
 
 
+def test_tv_floor_is_the_law_of_the_plug_in_tv_for_exact_draws():
+    from scipy.stats import binom
+
+    n = 300
+    floor = D.tv_floor(TABLE, n, n_draws=4000, seed=1)
+    p = TABLE.probs.numpy()
+    k = np.arange(n + 1)
+    exact_mean = 0.5 * sum(float((binom.pmf(k, n, pk) * np.abs(k / n - pk)).sum()) for pk in p)   # E TV, exactly
+    assert abs(floor.mean() - exact_mean) < 4 * floor.std() / math.sqrt(floor.size), (floor.mean(), exact_mean)
+    assert (np.diff(floor) >= 0).all() and np.array_equal(floor, D.tv_floor(TABLE, n, n_draws=4000, seed=1))
+    # the test it supports has its nominal size: exact samples exceed the 95th percentile about 5 % of the time,
+    # while the basic bootstrap interval of tv_interval (which corrects the bias only to first order) misses the
+    # true TV of exact samples, 0, most of the time
+    q95 = float(np.quantile(floor, 0.95))
+    above = misses = 0
+    for seed in range(40):
+        x = TABLE.sample(n, generator=torch.Generator().manual_seed(100 + seed))
+        above += TABLE.tv(x) > q95
+        misses += D.tv_interval(TABLE, x, n_boot=50, seed=seed)[1] > 0
+    assert above <= 6, above          # expected 2 of 40
+    assert misses >= 12, misses       # a 95 % interval would miss about 2 of 40: why the floor is needed near 0
+    with pytest.raises(ValueError, match="n_draws"):
+        D.tv_floor(TABLE, n, n_draws=1)
+    with pytest.raises(ValueError, match="n must"):
+        D.tv_floor(TABLE, 0)
+
+
 def test_bad_inputs_raise_named_errors():
     with pytest.raises(ValueError, match="kind"):
         D.DiscreteSchedule.linear(5, 4, "gaussian")
