@@ -2,7 +2,7 @@
 (Song, Dhariwal, Chen & Sutskever 2023, "Consistency models"; Song et al. 2023 below).
 
 Coordinates. The course's VP schedule is used in its variance-exploding coordinates (Karras et al. 2022,
-eq. 5; Song et al. 2021a, App. B): ``x = x_t / sqrt(alpha_bar) = x0 + sigma eps`` with
+eq. 4 with ``s = sqrt(alpha_bar)``; Song et al. 2021a, App. B): ``x = x_t / sqrt(alpha_bar) = x0 + sigma eps`` with
 ``sigma = schedule.sigma[t_index]``. In them the probability-flow ODE reads ``dx/dsigma = eps(x; sigma)``
 and one deterministic DDIM step is an Euler step in ``sigma`` (Song et al. 2021b, eq. 14), so the teacher's
 ODE solver here is DDIM (:func:`teacher_step`, checked against :func:`minidiff.backend.ddim_step` in the

@@ -2,8 +2,9 @@
 Diffusion-Based Generative Models").
 
 Every model of the course is, after rescaling ``x -> x / sqrt(alpha_bar)``, the variance-exploding
-process ``x = x_0 + sigma eps`` (Karras et al. 2022, eq. 5 with ``s(t) = 1``), and its probability-flow
-ODE in the noise level itself is ``dx / dsigma = (x - D(x; sigma)) / sigma`` (eq. 3 with ``sigma(t) = t``)
+process ``x = x_0 + sigma eps`` (Karras et al. 2022, eq. 4 with ``s(t) = 1``; the rescaling is its
+``s(t) = sqrt(alpha_bar)``), and its probability-flow ODE in the noise level itself is
+``dx / dsigma = (x - D(x; sigma)) / sigma`` (eq. 4 with ``sigma(t) = t``, the score written with the denoiser by eq. 3)
 where ``D(x; sigma) = E[x_0 | x]`` is the ideal denoiser. This module holds
 
 * the coordinates, each conversion written once: ``t_index <-> alpha_bar <-> sigma = sqrt((1 - ab) / ab)``,
@@ -59,7 +60,8 @@ SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0   # sampling grid, Table 1
 # ============================================================================ coordinates (each written once)
 def sigma_from_alpha_bar(alpha_bar):
     """``sigma = sqrt((1 - alpha_bar) / alpha_bar)``: the VE level of ``sqrt(ab) x_0 + sqrt(1 - ab) eps``
-    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 5 / App. C.2; Song et al. 2021b, eq. 14)."""
+    after dividing by ``sqrt(ab)`` (Karras et al. 2022, eq. 4 with ``s = sqrt(ab)`` / App. C.2; Song et al.
+    2021b, eq. 14)."""
     ab = np.asarray(alpha_bar, dtype=np.float64)
     if not np.all((ab > 0) & (ab <= 1)):
         raise ValueError(f"alpha_bar must lie in (0, 1], got {ab.reshape(-1)[:3].tolist()}")
