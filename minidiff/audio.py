@@ -35,7 +35,7 @@ from . import _checks as _c
 
 __all__ = [
     "SAMPLE_RATE", "N_SAMPLES", "NOTES", "NOTE_NAMES", "TIMBRES", "karplus_strong", "organ", "drum", "synthesize",
-    "make_dataset", "spectrum", "estimate_pitch", "nearest_note", "pitch_hits", "pitch_accuracy", "sample_sounds", "spectrogram", "SOUND_MODEL", "sound_model_config", "train_sound_model",
+    "make_dataset", "spectrum", "estimate_pitch", "nearest_note", "pitch_hits", "pitch_accuracy", "sample_sounds", "spectrogram", "sound_model_config", "train_sound_model",
     "load_sound_model", "main",
 ]
 
@@ -183,27 +183,22 @@ def sound_model_config():
                         label_sines=tuple(f / SAMPLE_RATE for f in NOTES))
 
 
-SOUND_MODEL = ("UNet1DConfig(length=512, patch_size=8, base_channels=32, channel_mults=(1, 2, 2), kernel_size=5, "
-               "num_classes=8, label_sines=NOTES / SAMPLE_RATE): a 1-D U-Net on 8-sample frames with a sine source")
-
-
 def train_sound_model(steps: int, *, seed: int = 0, n_clips: int = 4000, batch_size: int = 64, lr: float = 2e-3,
                       warmup: int = 100, progress: bool = False, config=None):
     """Train the pitch-conditioned sound denoiser on :func:`make_dataset` ``(n_clips, seed)`` with
     :func:`minidiff.train.train_steps` (DDPM loss, Ho et al. 2020, eq. 14; EMA; label dropout 0.1 for guidance),
-    linear schedule ``T = 1000``. ``config``: the network (default :func:`sound_model_config`). Yields
-    ``(state, record)`` per step (``state.ema`` is the model to sample), so a caller can plot or snapshot."""
+    linear schedule ``T = 1000``. ``config``: the network (default :func:`sound_model_config`). Returns an
+    iterator of ``(state, record)``, one per step (``state.ema`` is the model to sample), so a caller can plot or snapshot."""
     from .train import ScheduleSpec, TrainState, train_steps
     from .unet import build_model
 
-    steps = _c.check_count(steps, "steps")
+    steps = _c.check_count(steps, "steps")          # checked here, before the first step is asked for
     x, notes, _ = make_dataset(n_clips, seed)
     torch.manual_seed(seed)
     state = TrainState.create(build_model(config or sound_model_config()), lr=lr)
-    schedule = ScheduleSpec().build()
-    for rec in train_steps(state, x[:, None], schedule, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                           labels=notes, warmup=warmup, lr_min_frac=0.05, progress=progress):
-        yield state, rec
+    records = train_steps(state, x[:, None], ScheduleSpec().build(), steps=steps, batch_size=batch_size, lr=lr,
+                          seed=seed, labels=notes, warmup=warmup, lr_min_frac=0.05, progress=progress)
+    return ((state, rec) for rec in records)
 
 
 def load_sound_model(path=None):

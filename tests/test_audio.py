@@ -82,6 +82,10 @@ def test_bad_inputs_are_named():
         au.synthesize(8, "pluck", rng)
     with pytest.raises(ValueError, match="finite"):
         au.estimate_pitch(np.full(64, np.nan))
+    with pytest.raises(ValueError, match="steps"):
+        au.train_sound_model(0, n_clips=4)
+    with pytest.raises(ValueError, match="one note index per clip"):
+        au.pitch_hits(np.zeros((3, 64)), [0, 1])
 
 
 def _tiny_config(**kw):
@@ -150,7 +154,7 @@ def test_bad_unet1d_configs_are_named(kw, match):
 
 
 def test_a_short_training_run_lowers_the_loss():
-    losses = [rec.loss for _, rec in au.train_sound_model(40, n_clips=100, batch_size=16, warmup=10,
+    losses = [rec.loss for _, rec in au.train_sound_model(60, n_clips=100, batch_size=16, warmup=10,
                                                            config=_tiny_config(length=au.N_SAMPLES, patch_size=8,
                                                                                num_classes=len(au.NOTES),
                                                                                label_sines=tuple(f / au.SAMPLE_RATE
