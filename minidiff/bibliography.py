@@ -116,6 +116,7 @@ REFERENCES: dict[str, Reference] = {
     "Uhlenbeck & Ornstein 1930": R("Uhlenbeck, Ornstein", 1930, "On the Theory of the Brownian Motion", "Physical Review 36", "https://doi.org/10.1103/PhysRev.36.823"),
     "Vaswani et al. 2017": R("Vaswani, Shazeer, Parmar, Uszkoreit, Jones, Gomez, Kaiser, Polosukhin", 2017, "Attention Is All You Need", "NeurIPS 2017", "https://arxiv.org/abs/1706.03762"),
     "Vincent 2011": R("Vincent", 2011, "A Connection Between Score Matching and Denoising Autoencoders", "Neural Computation 23(7)", "https://doi.org/10.1162/NECO_a_00142"),
+    "Wang et al. 2019": R("Wang, Takaki, Yamagishi", 2019, "Neural Source-filter-based Waveform Model for Statistical Parametric Speech Synthesis", "ICASSP 2019", "https://arxiv.org/abs/1810.11946"),
     "Williams et al. 2009": R("Williams, Waterman, Patterson", 2009, "Roofline: An Insightful Visual Performance Model for Multicore Architectures", "Communications of the ACM 52(4)", "https://doi.org/10.1145/1498765.1498785"),
     "Wilson 1927": R("Wilson", 1927, "Probable Inference, the Law of Succession, and Statistical Inference", "Journal of the American Statistical Association 22(158)", "https://doi.org/10.1080/01621459.1927.10502953"),
 }

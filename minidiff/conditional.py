@@ -15,7 +15,7 @@
 * **Exact check.** For a Gaussian-mixture prior and a linear measurement ``y = A x_0 + n``,
   ``n ~ N(0, s^2 I)``, the posterior is again a Gaussian mixture (:func:`measurement_posterior`).
 * **SDEdit** (Meng et al. 2022, Sec. 3): noise a guide image to an intermediate ``t_index`` and denoise.
-* **DDIM inversion** (Song et al. 2021b, Sec. 4.3; Dhariwal & Nichol 2021, App. F): run the deterministic
+* **DDIM inversion** (Song et al. 2021b, Sec. 4.3; reconstruction against the steps, Sec. 5.4): run the deterministic
   DDIM update towards higher noise to encode a real image as ``x_T``; decoding with DDIM returns it.
 
 Tensors are images ``(B, C, H, W)`` in ``[-1, 1]``; ``t_index`` is an integer in ``0 .. T-1``.
@@ -307,9 +307,10 @@ def sdedit(eps_fn, x_guide, schedule: Schedule, t_index_start: int, *, n_steps: 
 
 
 def ddim_invert(eps_fn, x0, schedule: Schedule, n_steps: int) -> Iterator:
-    """DDIM inversion (Song et al. 2021b, Sec. 4.3; Dhariwal & Nichol 2021, App. F): the deterministic DDIM
-    update run towards noise on the ascending grid ``schedule.timesteps(n_steps)[::-1]``, approximating
-    ``eps(x_{t_next}, t_next)`` by ``eps(x_t, t_next)``:
+    """DDIM inversion (Song et al. 2021b, Sec. 4.3; reconstruction against the steps, Sec. 5.4): the deterministic
+    DDIM update run towards noise on the ascending grid ``schedule.timesteps(n_steps)[::-1]``, approximating
+    ``eps(x_{t_next}, t_next)`` by ``eps(x_t, t_next)`` (the convention of common inversion code; the plain
+    Euler step of the ODE would use ``eps(x_t, t)``):
 
     ``x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)``, ``x_{t_next} = sqrt(ab_next) x0_hat + sqrt(1 - ab_next) eps``
 

@@ -381,3 +381,4 @@ def as_eps_model(model: nn.Module, schedule: Schedule, y=None, guidance_scale: f
 # minidiff.dit builds on this module's embeddings and adds ("dit": (DiTConfig, DiT)) to _KINDS when it is
 # imported; importing it here makes build_model / config_from_dict know it whichever module comes first.
 from . import dit as _dit  # noqa: E402,F401
+from . import unet1d as _unet1d  # noqa: E402,F401  (the 1-D U-Net for sound registers "unet1d" the same way)

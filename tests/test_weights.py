@@ -324,3 +324,39 @@ def test_sr_digits_beat_bicubic_and_explain_their_input():
     psnr_b, cons_b, acc_b = _sr_figures(Blind(), schedule, x, y, labels)
     print(f"blind: PSNR {psnr_b:.2f} consistency {cons_b:.4f} accuracy {acc_b:.3f}")
     assert not (psnr_b >= bic_psnr + 3.0 and cons_b <= 0.5 * bic_cons and acc_b >= 0.85), (psnr_b, cons_b, acc_b)
+
+
+def _sound_clips(model, schedule, labels, seed, guidance_scale=None):
+    from minidiff import audio
+
+    with torch.inference_mode():
+        return audio.sample_sounds(model, schedule, labels, n_steps=10, guidance_scale=guidance_scale,
+                                   generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", BAR_SEEDS)
+def test_sound_model_generates_the_requested_pitch(seed):
+    """The shipped pitch-conditioned sound model (issue 19): 4 clips of each of the 8 notes, 10 DDIM steps,
+    guidance 3. The spectral pitch names the requested note with a 95 % Wilson interval whose lower end is at
+    least 3x chance (1/8), and the accuracy reaches 70 % of the estimator's accuracy on real clips (its
+    ceiling). The same network asked for no note (the null label), scored against the same notes, fails it."""
+    from minidiff import audio
+    from minidiff.discrete import wilson_interval
+
+    f = WEIGHTS / "sound.safetensors"
+    assert f.stat().st_size <= 5 * 1024 * 1024
+    info = json.loads((WEIGHTS / "sound.json").read_text())
+    assert "python -m minidiff.audio train" in info["command"] and info["measured"]
+    model, schedule = audio.load_sound_model()
+    real, real_notes, _ = audio.make_dataset(160, seed=1)
+    ceiling = audio.pitch_accuracy(real, real_notes)
+    notes = torch.arange(len(audio.NOTES)).repeat(4)
+
+    def passes(hits):
+        lo, _ = wilson_interval(int(hits.sum()), hits.size)
+        print(f"pitch accuracy {hits.mean():.3f}, Wilson lower end {lo:.3f}; real-clip ceiling {ceiling:.3f}")
+        return lo >= 3 / len(audio.NOTES) and hits.mean() >= 0.7 * ceiling
+
+    assert passes(audio.pitch_hits(_sound_clips(model, schedule, notes, seed, guidance_scale=3.0), notes))
+    blind = _sound_clips(model, schedule, torch.full_like(notes, len(audio.NOTES)), seed)   # the null label
+    assert not passes(audio.pitch_hits(blind, notes))
