@@ -43,18 +43,18 @@ def run(kernel, args, size: int, draws_noise: bool) -> None:
     """Call ``kernel(*args)`` (a kernel of this module or its name). Small problems run its serial twin
     (:func:`serial`) on the calling thread: a parallel region costs ~10 us even on one thread, and
     milliseconds when the cores are oversubscribed. Results do not depend on the path taken."""
-    if isinstance(kernel, str):
-        kernel = globals()[kernel]
-    if size >= (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW):
-        kernel(*args)
-        return
-    twin = _SERIAL.get(kernel)
-    if twin is None:
-        twin = _SERIAL[kernel] = serial(kernel)
-    twin(*args)
+    pair = _PAIRS.get(kernel)
+    if pair is None:
+        k = globals()[kernel] if isinstance(kernel, str) else kernel
+        twin = _SERIAL.get(k)
+        if twin is None:
+            twin = _SERIAL[k] = serial(k)
+        pair = _PAIRS[kernel] = (k, twin)
+    pair[size < (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW)](*args)
 
 
-_SERIAL: dict = {}
+_SERIAL: dict = {}  # kernel -> its serial twin
+_PAIRS: dict = {}  # kernel or its name -> (kernel, serial twin), resolved once
 
 
 def serial(kernel):
