@@ -180,140 +180,160 @@ def philox_block(c0, c1, c2, c3, k0, k1):
     return philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
+# ---------------------------------------------------------------------------- the loop skeleton
+# Every elementwise kernel is one skeleton, :func:`_skeleton`, instantiated for one formula by
+# :func:`instantiate`: the skeleton's code under the kernel's name with the formula's row function ``ROW``, its argument
+# check ``CHECK`` and the positions of its arguments injected as globals (a ``types.FunctionType`` with
+# its own ``__qualname__``: numba's on-disk cache is keyed by the qualified name, and a closure or a
+# function argument would miss it, numba issue #6264). A kernel's arguments are
+# ``(*arrays, [noise], *coefficients, [mode, k0, k1, step], *outputs)`` as the backend passes them; the
+# skeleton reads them as one tuple and ``ROW(b, i0, i1, z, args)`` unpacks what its formula needs.
+# Noise, the same on both targets: ``NOISE_GIVEN`` reads the noise array, ``NOISE_PHILOX`` draws it
+# (:func:`fill_normals`), ``NOISE_NONE`` is zeros; kernels without noise use :func:`_skeleton_no_noise`
+# (``ROW(b, i0, i1, args)``).
+def _skeleton(*args):
+    CHECK(args)
+    out, noise = args[OUT_AT], args[NOISE_AT]
+    mode, k0, k1, step = args[MODE_AT], args[K0_AT], args[K1_AT], args[STEP_AT]
+    B, n = out.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(0 if mode == NOISE_GIVEN else i1 - i0)
+        for b in range(b0, b1):
+            if mode == NOISE_GIVEN:
+                ROW(b, i0, i1, noise[b, i0:i1], args)
+            else:
+                ROW(b, i0, i1, noise_row(mode, k0, k1, i0 // 4, b, step, i1 - i0, scr), args)
+
+
+def _skeleton_no_noise(*args):
+    CHECK(args)
+    out = args[OUT_AT]
+    B, n = out.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            ROW(b, i0, i1, args)
+
+
+def instantiate(row, check, name: str, noise_at: int, out_at: int):
+    """The ``parallel=True`` kernel ``name``: :func:`_skeleton` with ``row`` and ``check`` injected, the
+    noise array at position ``noise_at`` (``-1``: none; then ``mode, k0, k1, step`` follow the
+    coefficients, just before the first output) and the first output at ``out_at``. Docstring: ``row``'s."""
+    f = _skeleton if noise_at >= 0 else _skeleton_no_noise
+    g = dict(f.__globals__, ROW=row, CHECK=check, NOISE_AT=noise_at, OUT_AT=out_at, MODE_AT=out_at - 4,
+             K0_AT=out_at - 3, K1_AT=out_at - 2, STEP_AT=out_at - 1)
+    k = types.FunctionType(f.__code__, g, name, f.__defaults__, f.__closure__)
+    k.__qualname__, k.__module__, k.__doc__ = name, f.__module__, row.py_func.__doc__
+    return _kernel(k)
+
+
 # ---------------------------------------------------------------------------- forward process
 @njit(cache=True)
-def _q_sample_row(xr, er, a, s, orow):
-    for i in range(orow.shape[0]):
-        orow[i] = q_sample_elem(xr[i], er[i], a, s)
-
-
-@_kernel
-def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
-    """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
-    (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it."""
+def _q_sample_check(args):
+    x0, eps, t_index, sqrt_ab, sqrt_1mab, _, _, _, _, out = args
     _same_shape(x0, eps)
     _same_shape(x0, out)
     if t_index.shape[0] != x0.shape[0]:
         raise ValueError("t_index must have one entry per sample")
-    B, n = x0.shape
-    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, orow = x0[b, i0:i1], eps[b, i0:i1], out[b, i0:i1]
-            m = orow.shape[0]
-            ti = t_index[b]
-            if ti < 0 or ti >= T:
-                orow[:] = np.nan
-                continue
-            if mode == NOISE_GIVEN:
-                _q_sample_row(xr, er, sqrt_ab[ti], sqrt_1mab[ti], orow)
-            else:
-                _q_sample_row(xr, fill_normals(k0, k1, i0 // 4, b, step, m, scr), sqrt_ab[ti], sqrt_1mab[ti], orow)
+
+
+@njit(cache=True)
+def _q_sample_row(b, i0, i1, z, args):
+    """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
+    (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it. A ``t`` outside
+    either table gives NaN (both tables are read at t, issue 14.23)."""
+    x0, _, t_index, sqrt_ab, sqrt_1mab, _, _, _, _, out = args
+    xr, orow = x0[b, i0:i1], out[b, i0:i1]
+    ti = t_index[b]
+    if ti < 0 or ti >= min(sqrt_ab.shape[0], sqrt_1mab.shape[0]):
+        orow[:] = np.nan
+        return
+    a, s = sqrt_ab[ti], sqrt_1mab[ti]
+    for i in range(orow.shape[0]):
+        orow[i] = q_sample_elem(xr[i], z[i], a, s)
+
+
+q_sample = instantiate(_q_sample_row, _q_sample_check, "q_sample", noise_at=1, out_at=9)
 
 
 # ---------------------------------------------------------------------------- samplers
 @njit(cache=True)
-def _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row):
-    for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], inv_sa, s1, c, cx0, cx, std)
-
-
-@_kernel
-def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
-    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
-    _same_shape(x, eps)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    _same_shape(x, x0_out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row)
-            else:
-                _ddpm_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), inv_sa, s1, c,
-                          cx0, cx, std if mode == NOISE_PHILOX else 0.0, orow, x0row)
+def _ddpm_check(args):
+    x, eps, noise, _, _, _, _, _, _, _, _, _, _, out, x0_out = args
+    _same_shapes(x, eps, noise, out, x0_out)
 
 
 @njit(cache=True)
-def _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row):
+def _ddim_check(args):
+    x, eps, noise, _, _, _, _, _, _, _, _, _, _, _, _, _, out, x0_out = args
+    _same_shapes(x, eps, noise, out, x0_out)
+
+
+@njit(cache=True)
+def _em_check(args):
+    x, score, noise, _, _, _, _, _, _, _, out = args
+    _same_shapes(x, score, noise, out, out)
+
+
+@njit(cache=True)
+def _same_shapes(x, a, b, c, d):
+    _same_shape(x, a)
+    _same_shape(x, b)
+    _same_shape(x, c)
+    _same_shape(x, d)
+
+
+@njit(cache=True)
+def _ddpm_row(b, i0, i1, z, args):
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
+    x, eps, _, inv_sa, s1, c, cx0, cx, std, _, _, _, _, out, x0_out = args
+    xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
     for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
+        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], z[i], inv_sa, s1, c, cx0, cx, std)
+
+
+@njit(cache=True)
+def _ddim_row(b, i0, i1, z, args):
+    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    x, eps, _, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, _, _, _, _, out, x0_out = args
+    xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i], x0row[i] = ddim_elem(xr[i], er[i], z[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
                                       ddim_sigma)
 
 
-@_kernel
-def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, mode, k0, k1, step, out,
-         x0_out):
-    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
-    _same_shape(x, eps)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    _same_shape(x, x0_out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row)
-            else:
-                _ddim_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), sa, inv_sa, s1,
-                          inv_s1, c, recompute_eps, sap, cdir, ddim_sigma if mode == NOISE_PHILOX else 0.0, orow,
-                          x0row)
+@njit(cache=True)
+def _em_row(b, i0, i1, z, args):
+    """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
+    walkers; see ``formulas.*_coefficients``)."""
+    x, score, _, cx, cs, cz, _, _, _, _, out = args
+    xr, sr, orow = x[b, i0:i1], score[b, i0:i1], out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i] = em_elem(xr[i], sr[i], z[i], cx, cs, cz)
 
 
 @njit(cache=True)
-def _em_row(xr, sr, zr, cx, cs, cz, orow):
-    for i in range(orow.shape[0]):
-        orow[i] = em_elem(xr[i], sr[i], zr[i], cx, cs, cz)
+def _heun_check(args):
+    x, score, xe, se, _, _, _, _, out = args
+    _same_shapes(x, score, xe, se, out)
 
 
-@_kernel
-def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
-    """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
-    walkers; see ``formulas.*_coefficients``)."""
-    _same_shape(x, score)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, sr, zr, orow = x[b, i0:i1], score[b, i0:i1], noise[b, i0:i1], out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _em_row(xr, sr, zr, cx, cs, cz, orow)
-            else:
-                _em_row(xr, sr, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), cx, cs,
-                        cz if mode == NOISE_PHILOX else 0.0, orow)
-
-
-@_kernel
-def heun(x, score, xe, se, cx, cs, cxe, cse, out):
+@njit(cache=True)
+def _heun_row(b, i0, i1, args):
     """PF-ODE Heun correction (Karras et al. 2022, Alg. 1, lines 9-11)."""
-    _same_shape(x, score)
-    _same_shape(x, xe)
-    _same_shape(x, se)
-    _same_shape(x, out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        for b in range(b0, b1):
-            xr, sr, xer, ser, orow = x[b, i0:i1], score[b, i0:i1], xe[b, i0:i1], se[b, i0:i1], out[b, i0:i1]
-            for i in range(orow.shape[0]):
-                orow[i] = heun_elem(xr[i], sr[i], xer[i], ser[i], cx, cs, cxe, cse)
+    x, score, xe, se, cx, cs, cxe, cse, out = args
+    xr, sr, xer, ser, orow = x[b, i0:i1], score[b, i0:i1], xe[b, i0:i1], se[b, i0:i1], out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i] = heun_elem(xr[i], sr[i], xer[i], ser[i], cx, cs, cxe, cse)
+
+
+ddpm = instantiate(_ddpm_row, _ddpm_check, "ddpm", noise_at=2, out_at=13)
+ddim = instantiate(_ddim_row, _ddim_check, "ddim", noise_at=2, out_at=16)
+em = instantiate(_em_row, _em_check, "em", noise_at=2, out_at=10)
+heun = instantiate(_heun_row, _heun_check, "heun", noise_at=-1, out_at=8)
 
 
 # ---------------------------------------------------------------------------- physics
