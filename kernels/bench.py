@@ -4,6 +4,7 @@
     python -m minidiff.kernels.bench --quick    # 1 MB and 64 MB
     python -m minidiff.kernels.bench --device cuda
     python -m minidiff.kernels.bench --course            # the course's sizes, Philox vs torch.randn, step breakdown
+    python -m minidiff.kernels.bench --normals           # only Philox vs torch.randn and numpy
     python -m minidiff.kernels.bench --trajectories 100000   # fused exact-score samplers vs the torch path
 
 For every case and size: GB/s on a minimum-bytes basis (each array the update must read or write,
@@ -261,37 +262,79 @@ def _time(fn, repeat: int, inner: int = 1, clock=time.perf_counter) -> float:
 
 
 def course_rows(repeat: int) -> list[str]:
-    """DDPM steps at 16 / 200 / 2000 digits (8x8) through ``minidiff.backend`` as the course calls it,
-    against the torch backend (same formula, eager) and plain torch with ``randn``; the per-call cost of a
-    1-element update (validation, views, dispatch); normals/s of the in-kernel Philox against
-    ``torch.randn`` and numpy's ``standard_normal`` (float32, 1M normals)."""
-    lines = ["| what | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
-    res = {}
+    """The updates at 16 / 200 / 2000 digits (8x8) through ``minidiff.backend`` as the course calls them,
+    against the torch backend (the same formula and coefficients in eager ops) and, for the step drawing
+    its noise, plain torch with ``randn`` (diffusers' step); ratios > 1: numba is faster. Then the
+    samplers' per-step Python overhead (a DDIM-50 loop with a free model, minus its updates), the
+    per-call cost of a 1-element update, and normals/s of the in-kernel Philox against ``torch.randn``
+    and numpy's ``standard_normal`` (float32, 1M normals), with the ratio. Times are this thread's CPU
+    time (every call here runs on the calling thread except the normals), so other processes on a
+    loaded machine do not count."""
+    from minidiff import samplers
+
+    lines = ["| what (us per call, thread CPU time) | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
+    res: dict = {}
+    clock = time.thread_time
     for n in (16, 200, 2000):
         x = torch.randn(n, 1, 8, 8)
         e, z = torch.randn_like(x), torch.randn_like(x)
-        f = {
-            "numba, noise given": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="numba"),
-            "torch backend, noise given": lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"),
-            "numba, seed= (in-kernel Philox)": lambda: B.ddpm_step(x, e, T_MID, S, seed=1, backend="numba"),
-            "torch eager with randn (diffusers' step)": lambda: torch_ddpm_step(x, e, T_MID),
+        t = torch.full((n,), T_MID, dtype=torch.int64)
+        inner = 200 if n < 2000 else 20
+        pairs = {
+            "DDPM step, noise given": (lambda bk: B.ddpm_step(x, e, T_MID, S, noise=z, backend=bk), None),
+            "DDIM step, eta=0": (lambda bk: B.ddim_step(x, e, T_MID, T_MID - 20, S, backend=bk), None),
+            "q_sample, noise given": (lambda bk: B.q_sample(x, t, e, S, backend=bk), None),
+            "DDPM step, seed= (in-kernel Philox)": (lambda bk: B.ddpm_step(x, e, T_MID, S, seed=1, backend=bk),
+                                                    lambda: torch_ddpm_step(x, e, T_MID)),
         }
-        for k, fn in f.items():
-            res.setdefault(k, []).append(_time(fn, repeat, inner=20) * 1e6)
+        for k, (call, eager) in pairs.items():
+            nb = _time(lambda: call("numba"), repeat, inner=inner, clock=clock)
+            tb = _time(lambda: call("torch"), repeat, inner=inner, clock=clock)
+            res.setdefault(f"{k}: numba", []).append(f"{nb * 1e6:.1f}")
+            res.setdefault(f"{k}: torch backend", []).append(f"{tb * 1e6:.1f}")
+            res.setdefault(f"{k}: x torch backend", []).append(f"{tb / nb:.2f}")
+            if eager is not None:
+                te = _time(eager, repeat, inner=inner, clock=clock)
+                res.setdefault(f"{k}: torch eager with randn (diffusers' step)", []).append(f"{te * 1e6:.1f}")
+                res.setdefault(f"{k}: x torch eager with randn", []).append(f"{te / nb:.2f}")
+        free = lambda x_, t_: e  # noqa: E731  (a model that costs nothing: what remains is the sampler)
+        steps = 50
+        whole = _time(lambda: samplers.final(samplers.ddim(free, x, S, steps)), repeat, clock=clock) / steps
+        upd = _time(lambda: B.ddim_step(x, e, T_MID, T_MID - 20, S), repeat, inner=inner, clock=clock)
+        res.setdefault("DDIM-50 sampler, one step with a free model", []).append(f"{whole * 1e6:.1f}")
+        res.setdefault("of which the sampler's Python (step - update)", []).append(f"{max(whole - upd, 0.0) * 1e6:.1f}")
     for k, v in res.items():
-        lines.append(f"| DDPM step, {k} (us) | " + " | ".join(f"{t:.0f}" for t in v) + " |")
+        lines.append(f"| {k} | " + " | ".join(v) + " |")
     one = torch.zeros(1, 1)
-    over = {bk: _time(lambda bk=bk: B.langevin_step(one, one, 0.1, noise=one, backend=bk), repeat, inner=200)
-            for bk in ("numba", "torch")}
-    lines.append(f"| per-call cost of a 1-element update, numba / torch backend (us) | "
+    over = {bk: _time(lambda bk=bk: B.langevin_step(one, one, 0.1, noise=one, backend=bk), repeat, inner=500,
+                      clock=clock) for bk in ("numba", "torch")}
+    lines.append(f"| per-call cost of a 1-element update, numba / torch backend | "
                  f"{over['numba'] * 1e6:.1f} / {over['torch'] * 1e6:.1f} | | |")
+    lines += [""] + normal_rows(repeat)
+    return lines
+
+
+def normal_rows(repeat: int) -> list[str]:
+    """1M float32 normals: ``backend.normal`` (Philox4x32-10 + Box-Muller, numba's threads) against
+    ``torch.randn`` (torch's threads) and numpy's ``standard_normal`` (one thread), in one run: per second
+    of wall time, and per CPU-second of this process (all its threads; on a loaded machine wall time
+    counts the other processes' turns)."""
+    import numba
+
     n = 2**20
     g = np.random.default_rng(0)
-    rates = {"backend.normal (Philox4x32-10 + Box-Muller)": _time(lambda: B.normal((1024, 1024), 1), repeat),
-             "torch.randn": _time(lambda: torch.randn(1024, 1024), repeat),
-             "numpy standard_normal (float32)": _time(lambda: g.standard_normal(n, dtype=np.float32), repeat)}
-    for k, t in rates.items():
-        lines.append(f"| {k}, 1M float32 normals (M normals/s) | {n / t / 1e6:.0f} | | |")
+    calls = {f"backend.normal (Philox4x32-10 + Box-Muller, {numba.get_num_threads()} numba threads)":
+             lambda: B.normal((1024, 1024), 1),
+             f"torch.randn ({torch.get_num_threads()} torch threads)": lambda: torch.randn(1024, 1024),
+             "numpy standard_normal (float32, 1 thread)": lambda: g.standard_normal(n, dtype=np.float32)}
+    lines = ["| 1M float32 normals | M normals/s (wall) | x torch.randn | M normals per CPU-second | x torch.randn |",
+             "|---|---|---|---|---|"]
+    wall = {k: _time(f, repeat, inner=5) for k, f in calls.items()}
+    cpu = {k: _time(f, repeat, inner=5, clock=time.process_time) for k, f in calls.items()}
+    ref = next(k for k in calls if k.startswith("torch.randn"))
+    for k in calls:
+        lines.append(f"| {k} | {n / wall[k] / 1e6:.0f} | {wall[ref] / wall[k]:.2f} | {n / cpu[k] / 1e6:.0f} "
+                     f"| {cpu[ref] / cpu[k]:.2f} |")
     return lines
 
 
@@ -449,6 +492,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--course", action="store_true", help="only the course-size rows, Philox vs torch.randn, "
                    "and the sampling-step breakdown")
+    p.add_argument("--normals", action="store_true", help="only the normals/s rows (Philox vs torch.randn, numpy)")
     p.add_argument("--trajectories", type=int, default=0, metavar="N",
                    help="only the exact-score trajectory rows, with N samples (e.g. 100000)")
     a = p.parse_args(argv)
@@ -458,9 +502,11 @@ def main(argv=None):
         p.error("--trajectories must be >= 0")
     if a.sizes_mb is not None and any(not (s >= 0.01) for s in a.sizes_mb):  # also refuses NaN
         p.error(f"--sizes-mb: every size must be at least 0.01 MB, got {a.sizes_mb}")
-    if a.course or a.trajectories:
+    if a.course or a.trajectories or a.normals:
         repeat = a.repeat or 3
         print(f"# {machine()}\n# {' '.join(sys.argv)}\n", flush=True)
+        if a.normals:
+            print("\n".join(normal_rows(repeat)) + "\n", flush=True)
         if a.course:
             print("\n".join(course_rows(repeat)) + "\n", flush=True)
             print("\n".join(overhead_rows(repeat)) + "\n", flush=True)

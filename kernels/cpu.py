@@ -26,9 +26,11 @@ from .trajectories import N_SCRATCH, compile_trajectory_functions
 
 _f = compile_device_functions(njit)
 normal4, lane = _f["normal4"], _f["lane"]
-# Box-Muller inlined into the caller's numba IR with numpy's error model (no zero-division checks): then
-# LLVM vectorises the pair loop of fill_normals (5x the normals/s of the called, scalar version).
-box_muller_angle = compile_device_functions(njit(inline="always", error_model="numpy"))["box_muller_angle"]
+# Philox and Box-Muller inlined into the caller's numba IR with numpy's error model (no zero-division
+# checks): then LLVM vectorises both passes of fill_normals (Box-Muller 5x, Philox 3.5x the numbers/s of
+# the called, scalar versions).
+_inlined = compile_device_functions(njit(inline="always", error_model="numpy"))
+box_muller_angle, philox_words = _inlined["box_muller_angle"], _inlined["philox4x32_10"]
 q_sample_elem, ddpm_elem, ddim_elem = _f["q_sample_elem"], _f["ddpm_elem"], _f["ddim_elem"]
 em_elem, heun_elem, ftcs_elem, ftcs2_elem = _f["em_elem"], _f["heun_elem"], _f["ftcs_elem"], _f["ftcs2_elem"]
 philox4x32_10, wrap_index = _f["philox4x32_10"], _f["wrap_index"]
@@ -43,18 +45,18 @@ def run(kernel, args, size: int, draws_noise: bool) -> None:
     """Call ``kernel(*args)`` (a kernel of this module or its name). Small problems run its serial twin
     (:func:`serial`) on the calling thread: a parallel region costs ~10 us even on one thread, and
     milliseconds when the cores are oversubscribed. Results do not depend on the path taken."""
-    if isinstance(kernel, str):
-        kernel = globals()[kernel]
-    if size >= (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW):
-        kernel(*args)
-        return
-    twin = _SERIAL.get(kernel)
-    if twin is None:
-        twin = _SERIAL[kernel] = serial(kernel)
-    twin(*args)
+    pair = _PAIRS.get(kernel)
+    if pair is None:
+        k = globals()[kernel] if isinstance(kernel, str) else kernel
+        twin = _SERIAL.get(k)
+        if twin is None:
+            twin = _SERIAL[k] = serial(k)
+        pair = _PAIRS[kernel] = (k, twin)
+    pair[size < (SERIAL_BELOW_NOISE if draws_noise else SERIAL_BELOW)](*args)
 
 
-_SERIAL: dict = {}
+_SERIAL: dict = {}  # kernel -> its serial twin
+_PAIRS: dict = {}  # kernel or its name -> (kernel, serial twin), resolved once
 
 
 def serial(kernel):
@@ -103,46 +105,47 @@ def _same_shape(a, b):
 
 # ---------------------------------------------------------------------------- noise
 # The noise loop, once: the normals of a row piece go into float64 scratch in two passes -- the
-# Philox4x32-10 words of every block (integer work), then Box-Muller on every pair (float64 arithmetic
-# only, :func:`formulas.box_muller_angle`: LLVM vectorises it) -- and every kernel drawing noise reads
-# that scratch as it reads a given noise array. Pair ``p`` of a piece is words ``(2p, 2p+1)`` of block
-# ``p // 2``, so element ``i`` is ``normal4(k0, k1, g0 + i // 4, b, step)[i % 4]``.
+# Philox4x32-10 words of every block into four uint32 arrays, one per word (integer work; unit-stride
+# stores, so LLVM vectorises the ten rounds: AVX2 ``vpmuludq``, ~1.6 G words/s a thread), then Box-Muller
+# on both pairs of every block (float64 arithmetic only, :func:`formulas.box_muller_angle` inlined with
+# numpy's error model: vectorised, ``vdivpd`` / ``vsqrtpd``, no libm call) writing the four normals of
+# block ``j`` to elements ``4 j .. 4 j + 3`` -- and every kernel drawing noise reads that scratch as it
+# reads a given noise array. So element ``i`` is ``normal4(k0, k1, g0 + i // 4, b, step)[i % 4]``.
 @njit(cache=True)
 def scratch(m):
-    """Scratch for :func:`fill_normals` of up to ``m`` elements: radius words, angles, quadrants, the
-    cosine and sine normals of each pair, the interleaved normals."""
-    pairs = (m + 3) // 4 * 2
-    return (np.empty(pairs), np.empty(pairs), np.empty(pairs, np.int64), np.empty(pairs), np.empty(pairs),
-            np.empty(2 * pairs))
+    """Scratch for :func:`fill_normals` of up to ``m`` elements: the four Philox words of each block
+    (uint32: converted to float64 exactly, with the cheap 32-bit vector conversion) and the normals."""
+    blocks = (m + 3) // 4
+    return (np.empty(blocks, np.uint32), np.empty(blocks, np.uint32), np.empty(blocks, np.uint32),
+            np.empty(blocks, np.uint32), np.empty(4 * blocks))
 
 
 @njit(cache=True)
-def _philox_pairs(k0, k1, g0, b, step, m, wr, phi, quad):
-    """Pass 1: the words of Philox blocks ``g0 ..`` as Box-Muller pairs (radius word, angle, quadrant)."""
-    for j in range((m + 3) // 4):
+def _philox_words(k0, k1, g0, b, step, w0, w1, w2, w3):
+    """Pass 1: the four words of Philox blocks ``g0 .. g0 + len(w0) - 1`` of sample ``b`` at ``step``."""
+    for j in range(w0.shape[0]):
         g = g0 + j
-        w0, w1, w2, w3 = philox4x32_10(g & MASK32, b & MASK32, step & MASK32, (g >> 32) & MASK32, k0, k1)
-        wr[2 * j], phi[2 * j], quad[2 * j] = w0, (w1 & 0x3FFFFFFF) * HALF_PI_2_30, w1 >> 30
-        wr[2 * j + 1], phi[2 * j + 1], quad[2 * j + 1] = w2, (w3 & 0x3FFFFFFF) * HALF_PI_2_30, w3 >> 30
+        w0[j], w1[j], w2[j], w3[j] = philox_words(g & MASK32, b & MASK32, step & MASK32, (g >> 32) & MASK32,
+                                                   k0, k1)
 
 
 @njit(cache=True, error_model="numpy")
-def _box_muller_pairs(wr, phi, quad, za, zb):
-    """Pass 2: Box-Muller on every pair, indexed by the loop variable alone (vectorised)."""
-    for p in range(za.shape[0]):
-        za[p], zb[p] = box_muller_angle(wr[p], phi[p], quad[p])
+def _box_muller_blocks(w0, w1, w2, w3, z):
+    """Pass 2: :func:`formulas.normal4`'s Box-Muller on both pairs of every block, into ``z[4 j:4 j + 4]``."""
+    for j in range(w0.shape[0]):
+        a, c = w1[j], w3[j]
+        z[4 * j], z[4 * j + 1] = box_muller_angle(w0[j], (a & 0x3FFFFFFF) * HALF_PI_2_30, a >> 30)
+        z[4 * j + 2], z[4 * j + 3] = box_muller_angle(w2[j], (c & 0x3FFFFFFF) * HALF_PI_2_30, c >> 30)
 
 
 @njit(cache=True)
 def fill_normals(k0, k1, g0, b, step, m, scr):
-    """The first ``m`` normals of sample ``b`` from Philox block ``g0`` on, into ``scr[5][:m]`` (returned)."""
-    wr, phi, quad, za, zb, z = scr
-    pairs = (m + 1) // 2
-    _philox_pairs(k0, k1, g0, b, step, m, wr, phi, quad)
-    _box_muller_pairs(wr[:pairs], phi[:pairs], quad[:pairs], za[:pairs], zb[:pairs])
-    for p in range(pairs):  # interleave: element 2p is the cosine of pair p, 2p + 1 its sine
-        z[2 * p] = za[p]
-        z[2 * p + 1] = zb[p]
+    """The first ``m`` normals of sample ``b`` from Philox block ``g0`` on, into ``scr[4][:m]`` (returned)."""
+    w0, w1, w2, w3, z = scr
+    blocks = (m + 3) // 4
+    w0, w1, w2, w3 = w0[:blocks], w1[:blocks], w2[:blocks], w3[:blocks]
+    _philox_words(k0, k1, g0, b, step, w0, w1, w2, w3)
+    _box_muller_blocks(w0, w1, w2, w3, z[:4 * blocks])
     return z[:m]
 
 
@@ -151,7 +154,7 @@ def noise_row(mode, k0, k1, g0, b, step, m, scr):
     """Float64 noise for a row piece that is not given: Philox normals, or zeros (NOISE_NONE)."""
     if mode == NOISE_PHILOX:
         return fill_normals(k0, k1, g0, b, step, m, scr)
-    z = scr[5][:m]
+    z = scr[4][:m]
     z[:] = 0.0
     return z
 
@@ -177,140 +180,160 @@ def philox_block(c0, c1, c2, c3, k0, k1):
     return philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
+# ---------------------------------------------------------------------------- the loop skeleton
+# Every elementwise kernel is one skeleton, :func:`_skeleton`, instantiated for one formula by
+# :func:`instantiate`: the skeleton's code under the kernel's name with the formula's row function ``ROW``, its argument
+# check ``CHECK`` and the positions of its arguments injected as globals (a ``types.FunctionType`` with
+# its own ``__qualname__``: numba's on-disk cache is keyed by the qualified name, and a closure or a
+# function argument would miss it, numba issue #6264). A kernel's arguments are
+# ``(*arrays, [noise], *coefficients, [mode, k0, k1, step], *outputs)`` as the backend passes them; the
+# skeleton reads them as one tuple and ``ROW(b, i0, i1, z, args)`` unpacks what its formula needs.
+# Noise, the same on both targets: ``NOISE_GIVEN`` reads the noise array, ``NOISE_PHILOX`` draws it
+# (:func:`fill_normals`), ``NOISE_NONE`` is zeros; kernels without noise use :func:`_skeleton_no_noise`
+# (``ROW(b, i0, i1, args)``).
+def _skeleton(*args):
+    CHECK(args)
+    out, noise = args[OUT_AT], args[NOISE_AT]
+    mode, k0, k1, step = args[MODE_AT], args[K0_AT], args[K1_AT], args[STEP_AT]
+    B, n = out.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        scr = scratch(0 if mode == NOISE_GIVEN else i1 - i0)
+        for b in range(b0, b1):
+            if mode == NOISE_GIVEN:
+                ROW(b, i0, i1, noise[b, i0:i1], args)
+            else:
+                ROW(b, i0, i1, noise_row(mode, k0, k1, i0 // 4, b, step, i1 - i0, scr), args)
+
+
+def _skeleton_no_noise(*args):
+    CHECK(args)
+    out = args[OUT_AT]
+    B, n = out.shape
+    ntask, per_row, rows = _tasks(B, n)
+    for task in prange(ntask):
+        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
+        for b in range(b0, b1):
+            ROW(b, i0, i1, args)
+
+
+def instantiate(row, check, name: str, noise_at: int, out_at: int):
+    """The ``parallel=True`` kernel ``name``: :func:`_skeleton` with ``row`` and ``check`` injected, the
+    noise array at position ``noise_at`` (``-1``: none; then ``mode, k0, k1, step`` follow the
+    coefficients, just before the first output) and the first output at ``out_at``. Docstring: ``row``'s."""
+    f = _skeleton if noise_at >= 0 else _skeleton_no_noise
+    g = dict(f.__globals__, ROW=row, CHECK=check, NOISE_AT=noise_at, OUT_AT=out_at, MODE_AT=out_at - 4,
+             K0_AT=out_at - 3, K1_AT=out_at - 2, STEP_AT=out_at - 1)
+    k = types.FunctionType(f.__code__, g, name, f.__defaults__, f.__closure__)
+    k.__qualname__, k.__module__, k.__doc__ = name, f.__module__, row.py_func.__doc__
+    return _kernel(k)
+
+
 # ---------------------------------------------------------------------------- forward process
 @njit(cache=True)
-def _q_sample_row(xr, er, a, s, orow):
-    for i in range(orow.shape[0]):
-        orow[i] = q_sample_elem(xr[i], er[i], a, s)
-
-
-@_kernel
-def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
-    """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
-    (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it."""
+def _q_sample_check(args):
+    x0, eps, t_index, sqrt_ab, sqrt_1mab, _, _, _, _, out = args
     _same_shape(x0, eps)
     _same_shape(x0, out)
     if t_index.shape[0] != x0.shape[0]:
         raise ValueError("t_index must have one entry per sample")
-    B, n = x0.shape
-    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, orow = x0[b, i0:i1], eps[b, i0:i1], out[b, i0:i1]
-            m = orow.shape[0]
-            ti = t_index[b]
-            if ti < 0 or ti >= T:
-                orow[:] = np.nan
-                continue
-            if mode == NOISE_GIVEN:
-                _q_sample_row(xr, er, sqrt_ab[ti], sqrt_1mab[ti], orow)
-            else:
-                _q_sample_row(xr, fill_normals(k0, k1, i0 // 4, b, step, m, scr), sqrt_ab[ti], sqrt_1mab[ti], orow)
+
+
+@njit(cache=True)
+def _q_sample_row(b, i0, i1, z, args):
+    """``out = sqrt(ab[t]) x0 + sqrt(1-ab[t]) eps`` with per-sample ``t = t_index[b]``
+    (Ho et al. 2020, eq. 4). ``mode``: NOISE_GIVEN reads ``eps``; NOISE_PHILOX draws it. A ``t`` outside
+    either table gives NaN (both tables are read at t, issue 14.23)."""
+    x0, _, t_index, sqrt_ab, sqrt_1mab, _, _, _, _, out = args
+    xr, orow = x0[b, i0:i1], out[b, i0:i1]
+    ti = t_index[b]
+    if ti < 0 or ti >= min(sqrt_ab.shape[0], sqrt_1mab.shape[0]):
+        orow[:] = np.nan
+        return
+    a, s = sqrt_ab[ti], sqrt_1mab[ti]
+    for i in range(orow.shape[0]):
+        orow[i] = q_sample_elem(xr[i], z[i], a, s)
+
+
+q_sample = instantiate(_q_sample_row, _q_sample_check, "q_sample", noise_at=1, out_at=9)
 
 
 # ---------------------------------------------------------------------------- samplers
 @njit(cache=True)
-def _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row):
-    for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], zr[i], inv_sa, s1, c, cx0, cx, std)
-
-
-@_kernel
-def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
-    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
-    _same_shape(x, eps)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    _same_shape(x, x0_out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _ddpm_row(xr, er, zr, inv_sa, s1, c, cx0, cx, std, orow, x0row)
-            else:
-                _ddpm_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), inv_sa, s1, c,
-                          cx0, cx, std if mode == NOISE_PHILOX else 0.0, orow, x0row)
+def _ddpm_check(args):
+    x, eps, noise, _, _, _, _, _, _, _, _, _, _, out, x0_out = args
+    _same_shapes(x, eps, noise, out, x0_out)
 
 
 @njit(cache=True)
-def _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row):
+def _ddim_check(args):
+    x, eps, noise, _, _, _, _, _, _, _, _, _, _, _, _, _, out, x0_out = args
+    _same_shapes(x, eps, noise, out, x0_out)
+
+
+@njit(cache=True)
+def _em_check(args):
+    x, score, noise, _, _, _, _, _, _, _, out = args
+    _same_shapes(x, score, noise, out, out)
+
+
+@njit(cache=True)
+def _same_shapes(x, a, b, c, d):
+    _same_shape(x, a)
+    _same_shape(x, b)
+    _same_shape(x, c)
+    _same_shape(x, d)
+
+
+@njit(cache=True)
+def _ddpm_row(b, i0, i1, z, args):
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
+    x, eps, _, inv_sa, s1, c, cx0, cx, std, _, _, _, _, out, x0_out = args
+    xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
     for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddim_elem(xr[i], er[i], zr[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
+        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], z[i], inv_sa, s1, c, cx0, cx, std)
+
+
+@njit(cache=True)
+def _ddim_row(b, i0, i1, z, args):
+    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
+    x, eps, _, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, _, _, _, _, out, x0_out = args
+    xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i], x0row[i] = ddim_elem(xr[i], er[i], z[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
                                       ddim_sigma)
 
 
-@_kernel
-def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, mode, k0, k1, step, out,
-         x0_out):
-    """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
-    _same_shape(x, eps)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    _same_shape(x, x0_out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, er, zr, orow, x0row = x[b, i0:i1], eps[b, i0:i1], noise[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _ddim_row(xr, er, zr, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, orow, x0row)
-            else:
-                _ddim_row(xr, er, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), sa, inv_sa, s1,
-                          inv_s1, c, recompute_eps, sap, cdir, ddim_sigma if mode == NOISE_PHILOX else 0.0, orow,
-                          x0row)
+@njit(cache=True)
+def _em_row(b, i0, i1, z, args):
+    """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
+    walkers; see ``formulas.*_coefficients``)."""
+    x, score, _, cx, cs, cz, _, _, _, _, out = args
+    xr, sr, orow = x[b, i0:i1], score[b, i0:i1], out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i] = em_elem(xr[i], sr[i], z[i], cx, cs, cz)
 
 
 @njit(cache=True)
-def _em_row(xr, sr, zr, cx, cs, cz, orow):
-    for i in range(orow.shape[0]):
-        orow[i] = em_elem(xr[i], sr[i], zr[i], cx, cs, cz)
+def _heun_check(args):
+    x, score, xe, se, _, _, _, _, out = args
+    _same_shapes(x, score, xe, se, out)
 
 
-@_kernel
-def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
-    """``cx x + cs score + cz z``: one Euler-Maruyama step (Langevin, reverse SDE, PF-ODE Euler,
-    walkers; see ``formulas.*_coefficients``)."""
-    _same_shape(x, score)
-    _same_shape(x, noise)
-    _same_shape(x, out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(i1 - i0)
-        for b in range(b0, b1):
-            xr, sr, zr, orow = x[b, i0:i1], score[b, i0:i1], noise[b, i0:i1], out[b, i0:i1]
-            if mode == NOISE_GIVEN:
-                _em_row(xr, sr, zr, cx, cs, cz, orow)
-            else:
-                _em_row(xr, sr, noise_row(mode, k0, k1, i0 // 4, b, step, orow.shape[0], scr), cx, cs,
-                        cz if mode == NOISE_PHILOX else 0.0, orow)
-
-
-@_kernel
-def heun(x, score, xe, se, cx, cs, cxe, cse, out):
+@njit(cache=True)
+def _heun_row(b, i0, i1, args):
     """PF-ODE Heun correction (Karras et al. 2022, Alg. 1, lines 9-11)."""
-    _same_shape(x, score)
-    _same_shape(x, xe)
-    _same_shape(x, se)
-    _same_shape(x, out)
-    B, n = x.shape
-    ntask, per_row, rows = _tasks(B, n)
-    for task in prange(ntask):
-        b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        for b in range(b0, b1):
-            xr, sr, xer, ser, orow = x[b, i0:i1], score[b, i0:i1], xe[b, i0:i1], se[b, i0:i1], out[b, i0:i1]
-            for i in range(orow.shape[0]):
-                orow[i] = heun_elem(xr[i], sr[i], xer[i], ser[i], cx, cs, cxe, cse)
+    x, score, xe, se, cx, cs, cxe, cse, out = args
+    xr, sr, xer, ser, orow = x[b, i0:i1], score[b, i0:i1], xe[b, i0:i1], se[b, i0:i1], out[b, i0:i1]
+    for i in range(orow.shape[0]):
+        orow[i] = heun_elem(xr[i], sr[i], xer[i], ser[i], cx, cs, cxe, cse)
+
+
+ddpm = instantiate(_ddpm_row, _ddpm_check, "ddpm", noise_at=2, out_at=13)
+ddim = instantiate(_ddim_row, _ddim_check, "ddim", noise_at=2, out_at=16)
+em = instantiate(_em_row, _em_check, "em", noise_at=2, out_at=10)
+heun = instantiate(_heun_row, _heun_check, "heun", noise_at=-1, out_at=8)
 
 
 # ---------------------------------------------------------------------------- physics

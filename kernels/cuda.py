@@ -2,9 +2,9 @@
 
 Each kernel is a grid-stride loop around the same scalar formulas as the CPU kernels
 (:mod:`minidiff.kernels.formulas`), so any launch configuration computes the same numbers, and tiny
-grids run under the simulator (``NUMBA_ENABLE_CUDASIM=1``). Elementwise kernels give one thread one
-element when noise is given and one Philox block (4 elements) when noise is drawn in-kernel. Arrays
-are 2-D ``(B, n)`` views (3-D for the 2-D stencil).
+grids run under the simulator (``NUMBA_ENABLE_CUDASIM=1``). The updates with noise share one loop
+skeleton (:func:`_skeleton`, a thread per Philox block of 4 elements whatever the noise mode); Heun and
+the stencils give a thread one element. Arrays are 2-D ``(B, n)`` views (3-D for the 2-D stencil).
 
 Importing this module does not touch a GPU; :func:`is_available` does.
 """
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numba
 from numba import cuda
 
 from . import _cache  # noqa: F401
-from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
+from .formulas import BC_DIRICHLET, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions, f64
 from .trajectories import MAX_DIM_CUDA, compile_trajectory_functions
 
 _f = compile_device_functions(cuda.jit(device=True))
@@ -69,102 +70,108 @@ def normal_fill(out, k0, k1, step):
             out[b, 4 * g + k] = lane(z0, z1, z2, z3, k)
 
 
-# ---------------------------------------------------------------------------- forward process
-@cuda.jit
-def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
-    """Forward noising with per-sample ``t_index`` (Ho et al. 2020, eq. 4); NaN for a bad index."""
-    B, n = x0.shape
-    T = min(sqrt_ab.shape[0], sqrt_1mab.shape[0])  # both tables are read at t (issue 14.23)
-    if mode == NOISE_GIVEN:
-        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
-            b = idx // n
-            i = idx - b * n
-            t = t_index[b]
-            if t < 0 or t >= T:
-                out[b, i] = math.nan
-            else:
-                out[b, i] = q_sample_elem(x0[b, i], eps[b, i], sqrt_ab[t], sqrt_1mab[t])
-        return
+# ---------------------------------------------------------------------------- the loop skeleton
+# Every elementwise kernel's loop is one skeleton, :func:`_skeleton`, compiled per formula by
+# :func:`_loop` as a device function: its code under its own name with the formula's element function
+# ``ELEM`` injected as a global (as :func:`formulas.compile_device_functions` and the CPU kernels do). A
+# thread takes one Philox block (4 elements) of one sample; its four normals come from
+# :func:`_noise4` -- read from the noise array (NOISE_GIVEN), drawn (NOISE_PHILOX) or zeros
+# (NOISE_NONE), the same three modes as on the CPU -- and ``ELEM(b, i, z, args)`` updates element
+# ``i`` from the kernel's other arguments, passed on as one tuple.
+def _noise4(noise, mode, k0, k1, b, g, n, step):
+    """The noise of elements ``4 g .. 4 g + 3`` of sample ``b`` (zeros past ``n``)."""
+    if mode == NOISE_PHILOX:
+        return normal4(k0, k1, g, b, step)
+    i = 4 * g
+    if mode != NOISE_GIVEN:
+        return 0.0, 0.0, 0.0, 0.0
+    z1 = f64(noise[b, i + 1]) if i + 1 < n else 0.0
+    z2 = f64(noise[b, i + 2]) if i + 2 < n else 0.0
+    z3 = f64(noise[b, i + 3]) if i + 3 < n else 0.0
+    return f64(noise[b, i]), z1, z2, z3
+
+
+_noise4 = cuda.jit(device=True)(_noise4)
+
+
+def _skeleton(x, noise, mode, k0, k1, step, args):
+    B, n = x.shape
     ng = (n + 3) // 4
     for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
         b = idx // ng
         g = idx - b * ng
-        t = t_index[b]
-        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
+        z0, z1, z2, z3 = _noise4(noise, mode, k0, k1, b, g, n, step)
         for k in range(min(4, n - 4 * g)):
-            i = 4 * g + k
-            if t < 0 or t >= T:
-                out[b, i] = math.nan
-            else:
-                out[b, i] = q_sample_elem(x0[b, i], lane(z0, z1, z2, z3, k), sqrt_ab[t], sqrt_1mab[t])
+            ELEM(b, 4 * g + k, lane(z0, z1, z2, z3, k), args)
+
+
+def _loop(elem, name: str):
+    """:func:`_skeleton` with ``elem`` injected, compiled as the device function ``name``."""
+    f = _skeleton
+    g = types.FunctionType(f.__code__, dict(f.__globals__, ELEM=elem), name, f.__defaults__, f.__closure__)
+    g.__qualname__, g.__module__ = name, f.__module__
+    return cuda.jit(device=True)(g)
+
+
+@cuda.jit(device=True)
+def _q_sample_at(b, i, z, args):
+    x0, t_index, sqrt_ab, sqrt_1mab, out = args
+    t = t_index[b]
+    if t < 0 or t >= min(sqrt_ab.shape[0], sqrt_1mab.shape[0]):  # both tables are read at t (issue 14.23)
+        out[b, i] = math.nan
+    else:
+        out[b, i] = q_sample_elem(x0[b, i], z, sqrt_ab[t], sqrt_1mab[t])
+
+
+@cuda.jit(device=True)
+def _ddpm_at(b, i, z, args):
+    x, eps, inv_sa, s1, c, cx0, cx, std, out, x0_out = args
+    out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], z, inv_sa, s1, c, cx0, cx, std)
+
+
+@cuda.jit(device=True)
+def _ddim_at(b, i, z, args):
+    x, eps, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, out, x0_out = args
+    out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
+                                        ddim_sigma)
+
+
+@cuda.jit(device=True)
+def _em_at(b, i, z, args):
+    x, score, cx, cs, cz, out = args
+    out[b, i] = em_elem(x[b, i], score[b, i], z, cx, cs, cz)
+
+
+_q_sample_loop, _ddpm_loop = _loop(_q_sample_at, "q_sample_loop"), _loop(_ddpm_at, "ddpm_loop")
+_ddim_loop, _em_loop = _loop(_ddim_at, "ddim_loop"), _loop(_em_at, "em_loop")
+
+
+# ---------------------------------------------------------------------------- forward process
+@cuda.jit
+def q_sample(x0, eps, t_index, sqrt_ab, sqrt_1mab, mode, k0, k1, step, out):
+    """Forward noising with per-sample ``t_index`` (Ho et al. 2020, eq. 4); NaN for a bad index."""
+    _q_sample_loop(x0, eps, mode, k0, k1, step, (x0, t_index, sqrt_ab, sqrt_1mab, out))
 
 
 # ---------------------------------------------------------------------------- samplers
 @cuda.jit
 def ddpm(x, eps, noise, inv_sa, s1, c, cx0, cx, std, mode, k0, k1, step, out, x0_out):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2); writes ``x_prev`` and ``x0_hat``."""
-    B, n = x.shape
-    if mode != NOISE_PHILOX:
-        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
-            b = idx // n
-            i = idx - b * n
-            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
-            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], z, inv_sa, s1, c, cx0, cx, std)
-        return
-    ng = (n + 3) // 4
-    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
-        b = idx // ng
-        g = idx - b * ng
-        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-        for k in range(min(4, n - 4 * g)):
-            i = 4 * g + k
-            out[b, i], x0_out[b, i] = ddpm_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                inv_sa, s1, c, cx0, cx, std)
+    _ddpm_loop(x, noise, mode, k0, k1, step, (x, eps, inv_sa, s1, c, cx0, cx, std, out, x0_out))
 
 
 @cuda.jit
 def ddim(x, eps, noise, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, mode, k0, k1, step, out,
          x0_out):
     """DDIM step (Song et al. 2021b, eq. 12); writes ``x_prev`` and ``x0_hat``."""
-    B, n = x.shape
-    if mode != NOISE_PHILOX:
-        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
-            b = idx // n
-            i = idx - b * n
-            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
-            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], z, sa, inv_sa, s1, inv_s1, c, recompute_eps,
-                                                sap, cdir, ddim_sigma)
-        return
-    ng = (n + 3) // 4
-    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
-        b = idx // ng
-        g = idx - b * ng
-        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-        for k in range(min(4, n - 4 * g)):
-            i = 4 * g + k
-            out[b, i], x0_out[b, i] = ddim_elem(x[b, i], eps[b, i], lane(z0, z1, z2, z3, k),
-                                                sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma)
+    _ddim_loop(x, noise, mode, k0, k1, step,
+               (x, eps, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, out, x0_out))
 
 
 @cuda.jit
 def em(x, score, noise, cx, cs, cz, mode, k0, k1, step, out):
     """``cx x + cs score + cz z``: one Euler-Maruyama step (see ``formulas.*_coefficients``)."""
-    B, n = x.shape
-    if mode != NOISE_PHILOX:
-        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
-            b = idx // n
-            i = idx - b * n
-            z = noise[b, i] if mode == NOISE_GIVEN else 0.0
-            out[b, i] = em_elem(x[b, i], score[b, i], z, cx, cs, cz)
-        return
-    ng = (n + 3) // 4
-    for idx in range(cuda.grid(1), B * ng, cuda.gridsize(1)):
-        b = idx // ng
-        g = idx - b * ng
-        z0, z1, z2, z3 = normal4(k0, k1, g, b, step)
-        for k in range(min(4, n - 4 * g)):
-            i = 4 * g + k
-            out[b, i] = em_elem(x[b, i], score[b, i], lane(z0, z1, z2, z3, k), cx, cs, cz)
+    _em_loop(x, noise, mode, k0, k1, step, (x, score, cx, cs, cz, out))
 
 
 @cuda.jit

@@ -159,6 +159,14 @@ def _t_scalar(t_index, schedule, name="t_index", low=0) -> int:
 def _t_vector(t_index, B: int, schedule) -> np.ndarray:
     """Per-sample ``t_index`` as a ``(B,)`` int64 array, checked against the schedule. Integers too
     large for int64 (numpy makes them dtype object) get the range message, not a dtype one."""
+    T = schedule.T
+    if type(t_index) is int and 0 <= t_index < T:  # the common cases, checked without copies
+        return np.full(B, t_index, dtype=np.int64)
+    if (type(t_index) is torch.Tensor and t_index.dtype == torch.int64 and t_index.is_cpu and t_index.ndim == 1
+            and t_index.shape[0] == B):
+        arr = (t_index if t_index.is_contiguous() else t_index.contiguous()).numpy()
+        if not B or (arr.min() >= 0 and arr.max() < T):
+            return arr
     raw = t_index if hasattr(t_index, "detach") else np.asarray(t_index)
     if isinstance(raw, np.ndarray) and raw.dtype == object and raw.size:
         flat = raw.reshape(-1).tolist()
@@ -244,6 +252,13 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
 _CPU = None
 
 
+def _formulas():
+    """``minidiff.kernels.formulas`` (numba-free; imported on first use like every kernel module)."""
+    from minidiff.kernels import formulas
+
+    return formulas
+
+
 def _cpu_kernels():
     global _CPU
     if _CPU is None:
@@ -265,15 +280,17 @@ def _cuda_kernels():
     return kc
 
 
-def _seed_args(seed, step):
+def _seed_key(seed) -> tuple[int, int]:
+    """``formulas.seed_key`` (imported on first use: ``import minidiff`` loads no kernel module)."""
     global _seed_key
-    if _seed_key is None:
-        from minidiff.kernels.formulas import seed_key as _seed_key
+    from minidiff.kernels.formulas import seed_key as _seed_key
+
+    return _seed_key(seed)
+
+
+def _seed_args(seed, step):
     k0, k1 = _seed_key(0 if seed is None else seed)
     return [k0, k1, int(step)]
-
-
-_seed_key = None
 
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -400,24 +417,23 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     launch the kernel or evaluate ``torch_ref(*arrays, z, *coefs)``, and return what the caller asked
     for (numpy in, numpy out; the caller's ``out`` objects when given)."""
     name = _resolve(backend)
-    names = list(arrays)
-    x_name = names[0]
-    given_x = arrays[x_name]
-    numpy_in = isinstance(given_x, np.ndarray)
+    items = iter(arrays.items())
+    x_name, given_x = next(items)
+    numpy_in = type(given_x) is np.ndarray
     x = _as_tensor(given_x, x_name)
-    ts = [x] + [x if arrays[n] is None else _like(x, arrays[n], n, x_name) for n in names[1:]]
+    ts = [x]
+    for n, a in items:
+        ts.append(x if a is None else _like(x, a, n, x_name))
     has_noise = noise is not _NO_NOISE
     mode, z = _NOISE_NONE, None
     if has_noise:
         mode, z, seed = _noise_source(x, noise, seed, step, needed=needs_noise, ref=x_name)
-    host = name == "numba" and x.is_cpu  # the CPU kernels: fresh outputs straight from numpy
+    if name == "numba" and x.is_cpu and outs[0][1] is None and (len(outs) == 1 or outs[1][1] is None):
+        return _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, len(outs), numpy_in, space_dims)
     checked, taken, inputs = [], [], None
     for out_name, given in outs:
-        if host and given is None:
-            checked.append(np.empty(tuple(x.shape), dtype=_NP_DTYPES[x.dtype]))
-            continue
         if inputs is None:
-            inputs = {n: (None if n != x_name and arrays[n] is None else t) for n, t in zip(names, ts)}
+            inputs = {n: (None if n != x_name and arrays[n] is None else t) for n, t in zip(arrays, ts)}
             if has_noise:
                 inputs["noise"] = z
         o = _out(x, given, out_name, inputs, in_place_ok=in_place_ok, taken=taken, allocate=name == "numba")
@@ -432,39 +448,70 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
             computed = torch_ref(*ts, zt, *coefs) if has_noise else torch_ref(*ts, *coefs)
             computed = computed if isinstance(computed, tuple) else (computed,)
         results = tuple(_result(c, o, given, numpy_in) for c, o, (_, given) in zip(computed, checked, outs))
-    elif host:
-        if x.numel():
-            views = [_host_rows(t, space_dims) for t in ts]
-            args = views + ([views[0] if z is None else _host_rows(z, space_dims)] if has_noise else []) + list(coefs)
-            if has_noise:
-                args += [mode] + _seed_args(seed, step)
-            args += [_np_rows(o, space_dims) if type(o) is np.ndarray else _host_rows(o, space_dims) for o in checked]
-            _cpu_kernels().run(kernel, args, x.numel(), mode == _NOISE_PHILOX)
-        results = tuple((o if numpy_in else torch.from_numpy(o)) if given is None else _result(o, o, given, numpy_in)
-                        for o, (_, given) in zip(checked, outs))
+    elif x.numel():
+        args = ts + ([x if z is None else z] if has_noise else []) + list(coefs)
+        if has_noise:
+            args += [mode] + _seed_args(seed, step)
+        _launch(kernel, x, args + checked, space_dims=space_dims, draws_noise=mode == _NOISE_PHILOX)
+        results = tuple(_result(o, o, given, numpy_in) for o, (_, given) in zip(checked, outs))
     else:
-        if x.numel():
-            args = ts + ([x if z is None else z] if has_noise else []) + list(coefs)
-            if has_noise:
-                args += [mode] + _seed_args(seed, step)
-            _launch(kernel, x, args + checked, space_dims=space_dims, draws_noise=mode == _NOISE_PHILOX)
         results = tuple(_result(o, o, given, numpy_in) for o, (_, given) in zip(checked, outs))
     return results if len(results) > 1 else results[0]
 
 
-_COEFS = weakref.WeakKeyDictionary()  # schedule -> {key: coefficients}: the tables are read-only
+def _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, n_out, numpy_in, space_dims):
+    """:func:`_update` for the CPU kernels with fresh outputs (the course's call): everything is already
+    checked, so this is straight-line work -- numpy views (``.numpy()`` is zero-copy), outputs from
+    ``np.empty`` (see :func:`_empty`), the kernel (or its serial twin, :func:`minidiff.kernels.cpu.run`)
+    and the results wrapped once (kernels/BENCHMARKS.md has the per-call cost)."""
+    shape, size = x.shape, x.numel()
+    dtype = _NP_DTYPES[x.dtype]
+    fresh = (np.empty(shape, dtype),) if n_out == 1 else (np.empty(shape, dtype), np.empty(shape, dtype))
+    if size:
+        if has_noise and z is not None:
+            ts = ts + [z]
+        if space_dims:
+            args = [_host_rows(t, space_dims) for t in ts]
+            outs = [_np_rows(o, space_dims) for o in fresh]
+        else:
+            b = shape[0]
+            args = []
+            for t in ts:
+                args.append((t if t.is_contiguous() else t.contiguous()).numpy().reshape(b, -1))
+            outs = [o.reshape(b, -1) for o in fresh] if n_out > 1 else [fresh[0].reshape(b, -1)]
+        if has_noise and z is None:
+            args.append(args[0])  # no noise array: the kernel ignores this one (mode NOISE_NONE / PHILOX)
+        args += coefs
+        if has_noise:
+            k0, k1 = _seed_key(seed) if mode == _NOISE_PHILOX else (0, 0)
+            args += (mode, k0, k1, int(step))
+        args += outs
+        (_CPU or _cpu_kernels()).run(kernel, args, size, mode == _NOISE_PHILOX)
+    if numpy_in:
+        return fresh[0] if n_out == 1 else fresh
+    return torch.from_numpy(fresh[0]) if n_out == 1 else (torch.from_numpy(fresh[0]), torch.from_numpy(fresh[1]))
+
+
+_COEFS: dict = {}  # id(schedule) -> (weak reference to it, {key: coefficients}): the tables are read-only
 
 
 def _schedule_coefs(schedule, key, compute):
     """``compute()`` once per ``(schedule, key)``: a step's coefficients read five schedule tables,
-    two of them recomputed by the Schedule on every access (``alpha_bar_prev``, ``posterior_variance``)."""
-    try:
-        per = _COEFS.setdefault(schedule, {})
-    except TypeError:  # not weak-referenceable: no cache
-        return compute()
-    if key not in per:
-        per[key] = compute()
-    return per[key]
+    two of them recomputed by the Schedule on every access (``alpha_bar_prev``, ``posterior_variance``).
+    Keyed by ``id`` with a weak reference that removes the entry when the schedule dies (a
+    ``WeakKeyDictionary`` lookup builds a new reference on every call: a microsecond a step)."""
+    entry = _COEFS.get(id(schedule))
+    if entry is None or entry[0]() is not schedule:
+        try:
+            ref = weakref.ref(schedule, lambda _, i=id(schedule): _COEFS.pop(i, None))
+        except TypeError:  # not weak-referenceable: no cache
+            return compute()
+        entry = _COEFS[id(schedule)] = (ref, {})
+    per = entry[1]
+    value = per.get(key)
+    if value is None:
+        value = per[key] = compute()
+    return value
 
 
 # ============================================================================ diffusion updates
@@ -487,8 +534,8 @@ def q_sample(x0, t_index, noise, schedule, *, seed=None, step=0, out=None, backe
     _resolve(backend)
     x0_t = _as_tensor(x0, "x0")
     t_vec = _t_vector(t_index, x0_t.shape[0], schedule)
-    return _update("q_sample", backend, {"x0": x0}, (t_vec, schedule.sqrt_alpha_bar, schedule.sqrt_one_minus_alpha_bar),
-                   _q_sample_torch, noise=noise, seed=seed, step=step, outs=(("out", out),))
+    tables = _schedule_coefs(schedule, ("q_sample",), lambda: (schedule.sqrt_alpha_bar, schedule.sqrt_one_minus_alpha_bar))
+    return _update("q_sample", backend, {"x0": x0}, (t_vec,) + tables, _q_sample_torch, noise=noise, seed=seed, step=step, outs=(("out", out),))
 
 
 def _clip_value(clip_x0) -> float:
@@ -524,9 +571,7 @@ def ddpm_step(x, eps, t_index: int, schedule, *, noise=None, seed=None, step=0, 
     _resolve(backend)
     t_index = _t_scalar(t_index, schedule)
     c = _clip_value(clip_x0)
-    from minidiff.kernels.formulas import ddpm_coefficients
-
-    coefs = _schedule_coefs(schedule, ("ddpm", t_index), lambda: ddpm_coefficients(
+    coefs = _schedule_coefs(schedule, ("ddpm", t_index), lambda: _formulas().ddpm_coefficients(
         schedule.alpha_bar[t_index], schedule.alpha_bar_prev[t_index], schedule.betas[t_index],
         schedule.alphas[t_index], schedule.posterior_variance[t_index], add_noise=t_index > 0))
     inv_sa, s1, cx0, cx, std = coefs
@@ -555,9 +600,7 @@ def ddim_step(x, eps, t_index: int, t_index_prev: int, schedule, *, eta=0.0, noi
         raise ValueError(f"t_index_prev must be < t_index, got {t_index_prev} >= {t_index}")
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    from minidiff.kernels.formulas import ddim_coefficients
-
-    coefs = _schedule_coefs(schedule, ("ddim", t_index, t_index_prev, float(eta)), lambda: ddim_coefficients(
+    coefs = _schedule_coefs(schedule, ("ddim", t_index, t_index_prev, float(eta)), lambda: _formulas().ddim_coefficients(
         schedule.alpha_bar[t_index], 1.0 if t_index_prev < 0 else float(schedule.alpha_bar[t_index_prev]), eta))
     sa, inv_sa, s1, inv_s1, sap, cdir, ddim_sigma = coefs
     return _update("ddim", backend, {"x": x, "eps": eps},

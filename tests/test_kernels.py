@@ -201,3 +201,28 @@ def test_q_sample_kernel_checks_t_against_both_tables():
         cpu.q_sample(x, x, np.array([4, 5, 9], dtype=np.int64), a, b, 1, 0, 0, 0, out)
         assert np.isnan(out[1:]).all()
         close(out[0], naive.q_sample(x[:1], [4], x[:1], s)[0], np.float64)
+
+
+# ---------------------------------------------------------------------------- one skeleton, cached
+def test_elementwise_kernels_are_one_skeleton_and_load_from_the_cache_in_a_fresh_process():
+    """Each elementwise CPU kernel is :func:`cpu._skeleton` (or its noise-free sibling) instantiated for its
+    formula under its own name, and a new process loads it (and its serial twin) from numba's on-disk
+    cache instead of compiling: plain closures would miss that cache (numba issue #6264)."""
+    import subprocess
+    import sys
+
+    from minidiff.kernels import cpu
+
+    names = ("q_sample", "ddpm", "ddim", "em", "heun")
+    for name in names:
+        f = getattr(cpu, name).py_func
+        assert f.__code__ in (cpu._skeleton.__code__, cpu._skeleton_no_noise.__code__), name
+        assert f.__qualname__ == name and f.__globals__["ROW"].py_func.__name__ == f"_{name}_row"
+    x = torch.ones(2, 3)
+    B.ddpm_step(x, x, 1, Schedule.linear(T=4), noise=x)  # compiled (or loaded) and written to the cache here
+    code = ("import torch; from minidiff import backend as B, Schedule; from minidiff.kernels import cpu\n"
+            "x = torch.ones(2, 3); B.ddpm_step(x, x, 1, Schedule.linear(T=4), noise=x)\n"
+            "k = cpu._SERIAL[cpu.ddpm]; print(sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    misses, hits = (int(v) for v in out.stdout.split())
+    assert (misses, hits) == (0, 1), out.stdout
