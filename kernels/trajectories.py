@@ -30,7 +30,7 @@ Two trajectory shapes cover the samplers (coefficients per step from the host, e
   ``x <- cx x + cx0 x0 + ceps eps + cx0p x0_prev + cz z``: DDPM (Alg. 2, eq. 7), DDIM(eta) (Song et
   al. 2021b, eq. 12) and DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) are three coefficient tables.
 * :func:`score_rows` -- ``x_e = cx x + cs score + cz z`` (Euler-Maruyama of the reverse SDE, Song et
-  al. 2021a eq. 6; Euler of the PF ODE, eq. 13; Langevin, Song & Ermon 2019 Alg. 1), optionally the
+  al. 2021a eq. 6; Euler of the PF ODE, eq. 13; Langevin dynamics, Alg. 1 of Song & Ermon 2019), optionally the
   Heun correction ``x <- hx x + hs score + hxe x_e + hse score(x_e)`` (Karras et al. 2022, Alg. 1).
 
 Noise for element ``j`` of sample ``b`` at noise counter ``step`` is ``normal4(k0, k1, j // 4, b,
