@@ -230,23 +230,15 @@ def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0,
                      c, k0, k1, out):
     """DDPM / DDIM(eta) / DPM-Solver++(2M) on the exact mixture score, a thread per sample."""
     B, d = x.shape
-    X = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    X0P = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    Z = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    SC = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    LG = cuda.local.array((1, 1), numba.float64)      # unused: the one-pass score
-    lanes = cuda.local.array((4, 1), numba.float64)   # unused
-    ti = cuda.local.array(1, numba.int64)             # unused
-    wr = cuda.local.array((2, 1), numba.float64)      # noise words of one Philox block
-    phi = cuda.local.array((2, 1), numba.float64)
-    quad = cuda.local.array((2, 1), numba.int64)
-    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    blk = cuda.local.array((5, MAX_DIM_CUDA, 1), numba.float64)  # the (d, 1) blocks of one lane
+    vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)     # the one-pass score's d-vectors
+    lanes = cuda.local.array((4, 1), numba.float64)              # unused by the one-pass score (also its logits)
+    words = cuda.local.array((4, 1), numba.float64)              # noise words and angles of one Philox block
+    quad = cuda.local.array((2, 1), numba.int64)                 # their quadrants (row 0 also the unused int lane)
     for b in range(cuda.grid(1), B, cuda.gridsize(1)):
         _eps_rows(x, b, 1, out, means, prec, const, iso, False, lev, alpha_t, sigma_t, cx, cx0, ceps, cx0p, cz,
-                  nstep, recompute, c, k0, k1, X[:d], X0P[:d], Z[:d], SC[:d], LG, lanes, ti, wr, phi, quad, diff[:d],
-                  y[:d], acc[:d])
+                  nstep, recompute, c, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d], lanes[:1], lanes,
+                  quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
 
 
 @cuda.jit
@@ -254,21 +246,12 @@ def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, 
                        nstep, k0, k1, out):
     """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, a thread per sample."""
     B, d = x.shape
-    X = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    XE = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    Z = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    SC = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    SE = cuda.local.array((MAX_DIM_CUDA, 1), numba.float64)
-    LG = cuda.local.array((1, 1), numba.float64)      # unused: the one-pass score
-    lanes = cuda.local.array((4, 1), numba.float64)   # unused
-    ti = cuda.local.array(1, numba.int64)             # unused
-    wr = cuda.local.array((2, 1), numba.float64)      # noise words of one Philox block
-    phi = cuda.local.array((2, 1), numba.float64)
+    blk = cuda.local.array((5, MAX_DIM_CUDA, 1), numba.float64)
+    vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)
+    lanes = cuda.local.array((4, 1), numba.float64)
+    words = cuda.local.array((4, 1), numba.float64)
     quad = cuda.local.array((2, 1), numba.int64)
-    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
     for b in range(cuda.grid(1), B, cuda.gridsize(1)):
         _score_rows(x, b, 1, out, means, prec, const, iso, False, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
-                    hs, hxe, hse, nstep, k0, k1, X[:d], XE[:d], Z[:d], SC[:d], SE[:d], LG, lanes, ti, wr, phi, quad,
-                    diff[:d], y[:d], acc[:d])
+                    hs, hxe, hse, nstep, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d], blk[4, :d],
+                    lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
