@@ -240,6 +240,17 @@ def store_block(X, b0, R, out):
             out[b0 + r, j] = X[j, r]
 
 
+def score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, step, k0, k1, b0, Z, SC, LG, lanes, ti, wr, phi,
+                    quad, diff, y, acc):
+    """The first half of every step: the block's score at level ``L`` into ``SC`` (:func:`score_block`)
+    and, when the step draws noise (``step >= 0``), its normals into ``Z`` (:func:`noise_block`).
+    Returns whether it drew noise."""
+    score_block(X, R, a, L, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SC)
+    if step >= 0:
+        noise_block(k0, k1, b0, R, step, Z, wr, phi, quad)
+    return step >= 0
+
+
 def eps_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, alpha_t, sigma_t, cx, cx0, ceps, cx0p, cz,
              nstep, recompute, c, k0, k1, X, X0P, Z, SC, LG, lanes, ti, wr, phi, quad, diff, y, acc):
     """Samples ``b0 .. b0 + R - 1``: the eps/x0-form sampler of the module notes over ``lev.shape[0]``
@@ -253,11 +264,8 @@ def eps_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, alpha_t, 
         L = lev[i]
         a = alpha_t[L]
         s = sigma_t[L]
-        score_block(X, R, a, L, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SC)
-        st = nstep[i]
-        noisy = st >= 0
-        if noisy:
-            noise_block(k0, k1, b0, R, st, Z, wr, phi, quad)
+        noisy = score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, nstep[i], k0, k1, b0, Z, SC, LG, lanes,
+                                ti, wr, phi, quad, diff, y, acc)
         ci, c0, ce, cp, czi = cx[i], cx0[i], ceps[i], cx0p[i], cz[i]
         for j in range(d):
             xj = X[j]
@@ -286,11 +294,8 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, lev2, a
     load_block(x_in, b0, R, X)
     for i in range(lev.shape[0]):
         L = lev[i]
-        score_block(X, R, alpha_t[L], L, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SC)
-        st = nstep[i]
-        noisy = st >= 0
-        if noisy:
-            noise_block(k0, k1, b0, R, st, Z, wr, phi, quad)
+        noisy = score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, two_pass, nstep[i], k0, k1, b0, Z, SC, LG,
+                                lanes, ti, wr, phi, quad, diff, y, acc)
         ci, csi, czi = cx[i], cs[i], cz[i]
         for j in range(d):
             xj = X[j]
@@ -322,8 +327,8 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, lev2, a
     store_block(X, b0, R, out)
 
 
-TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block", "load_block", "store_block",
-                        "eps_rows", "score_rows")
+TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block", "score_and_noise", "load_block",
+                        "store_block", "eps_rows", "score_rows")
 
 
 def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None) -> dict:
