@@ -5,7 +5,7 @@
     python -m minidiff.kernels.bench --device cuda
     python -m minidiff.kernels.bench --course            # the course's sizes, Philox vs torch.randn, step breakdown
     python -m minidiff.kernels.bench --normals           # only Philox vs torch.randn and numpy
-    python -m minidiff.kernels.bench --trajectories 100000   # fused exact-score samplers vs the torch path
+    python -m minidiff.kernels.bench --trajectories 10000 100000 1000000  # fused exact-score samplers vs torch
 
 For every case and size: GB/s on a minimum-bytes basis (each array the update must read or write,
 once), both for the call as the course makes it (allocating its outputs) and into preallocated
@@ -424,11 +424,8 @@ def peak_gflops() -> tuple[float, float, str]:
     return p64, 2 * p64, f"{cores} cores x 2 FMA x {lanes64} fp64 lanes x 2 x {mhz / 1e3:.2f} GHz"
 
 
-def trajectory_rows(n: int, repeat: int) -> list[str]:
-    """Whole samplers on the exact 9-component 2-D mixture (``GaussianMixture.grid_2d(3)``), ``n``
-    samples: the fused trajectory kernel (:mod:`minidiff.trajectories`) against the step-by-step
-    sampler with the torch mixture score (the notebooks' path before), same noise; sample-steps/s and
-    GFLOP/s (flops counted by ``flops_per_sample_step``) against the fp64 peak."""
+def _trajectory_cases(n: int):
+    """``(name, steps, score evaluations a step, fused, torch path)`` on the exact 9-component 2-D mixture."""
     from minidiff import GaussianMixture, samplers
     from minidiff import trajectories as TR
     from minidiff.sde import VPSDE
@@ -440,33 +437,53 @@ def trajectory_rows(n: int, repeat: int) -> list[str]:
     x = B.normal((n, 2), seed=7, dtype=torch.float64)
     nz = lambda st: B.normal(x.shape, 3, st, dtype=x.dtype)  # noqa: E731
     eps = gm.eps_model(S)
-    rows = [
-        ("DDIM-100, eta=0", 100, False, lambda: TR.ddim_exact(gm, x, S, 100),
+    return gm, [
+        ("DDIM-100, eta=0", 100, 1, lambda: TR.ddim_exact(gm, x, S, 100),
          lambda: samplers.final(samplers.ddim(eps, x, S, 100))),
-        ("DDIM-100, eta=1 (Philox noise)", 100, False, lambda: TR.ddim_exact(gm, x, S, 100, 1.0, 3),
+        ("DDIM-100, eta=1 (Philox noise)", 100, 1, lambda: TR.ddim_exact(gm, x, S, 100, 1.0, 3),
          lambda: samplers.final(samplers.ddim(eps, x, S, 100, eta=1.0, noise=nz))),
-        ("DPM-Solver++(2M)-20", 20, False, lambda: TR.dpm_solver_2m_exact(gm, x, S, 20),
+        ("DPM-Solver++(2M)-20", 20, 1, lambda: TR.dpm_solver_2m_exact(gm, x, S, 20),
          lambda: samplers.final(dpm_solver_2m(eps, x, S, 20))),
-        ("PF-ODE Heun-50 (VP)", 50, True, lambda: TR.pf_ode_heun_exact(gm, x, sde, 50),
+        ("Euler-Maruyama-100 (VP)", 100, 1, lambda: TR.euler_maruyama_exact(gm, x, sde, 100, seed=3),
+         lambda: samplers.final(samplers.euler_maruyama(score, x, sde, 100, noise=nz))),
+        ("PF-ODE Heun-50 (VP)", 50, 2, lambda: TR.pf_ode_heun_exact(gm, x, sde, 50),
          lambda: samplers.final(samplers.pf_ode_heun(score, x, sde, 50))),
+        ("Langevin-100, step 0.002", 100, 1, lambda: TR.langevin_exact(gm, x, step_size=0.002, n_steps=100, seed=3),
+         lambda: samplers.final(samplers.langevin(gm.score, x, step_size=0.002, n_steps=100, noise=nz))),
     ]
+
+
+def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
+    """Whole samplers on the exact 9-component 2-D mixture (``GaussianMixture.grid_2d(3)``) at each of
+    ``sizes`` samples: the fused trajectory kernel (:mod:`minidiff.trajectories`) against the
+    step-by-step sampler with the torch mixture score (the notebooks' path before), same noise;
+    the speed-up, sample-steps/s and GFLOP/s (flops counted by ``flops_per_sample_step``) against
+    the fp64 peak of ``lscpu``'s cores x clock x vector width x FMA. ``only``: the samplers whose
+    name contains it (all by default)."""
+    from minidiff import trajectories as TR
+
     p64, _, how = peak_gflops()
-    lines = [f"| sampler, {n} samples | torch path s | fused s | speed-up | M sample-steps/s | GFLOP/s | "
-             f"% of fp64 peak | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| sampler | samples | torch path s | fused s | speed-up | M sample-steps/s | GFLOP/s | "
+             "% of fp64 peak | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for name, steps, heun, fused, ref in rows:
-        fused()  # compile / load the cached kernel
-        tf = _time(fused, repeat)
-        t0 = time.perf_counter()
-        want = ref()
-        tr = time.perf_counter() - t0
-        diff = float((fused() - want).abs().max())
-        gflops = TR.flops_per_sample_step(gm, heun) * n * steps / tf / 1e9
-        lines.append(f"| {name} | {tr:.2f} | {tf:.3f} | {tr / tf:.1f} | {n * steps / tf / 1e6:.1f} | {gflops:.2f} "
-                     f"| {100 * gflops / p64:.1f} | {diff:.1e} |")
-        print(lines[-1], flush=True)
+    for n in sizes:
+        gm, cases = _trajectory_cases(n)
+        for name, steps, evals, fused, ref in cases:
+            if only not in name:
+                continue
+            fused()  # compile / load the cached kernel
+            tf = _time(fused, repeat)
+            t0 = time.perf_counter()
+            want = ref()
+            tr = time.perf_counter() - t0
+            diff = float((fused() - want).abs().max())
+            gflops = TR.flops_per_sample_step(gm, evals == 2) * n * steps / tf / 1e9
+            lines.append(f"| {name} | {n} | {tr:.2f} | {tf:.3f} | {tr / tf:.1f} | {n * steps / tf / 1e6:.1f} "
+                         f"| {gflops:.2f} | {100 * gflops / p64:.1f} | {diff:.1e} |")
+            print(lines[-1], flush=True)
     lines.append(f"\nfp64 peak {p64:.0f} GFLOP/s ({how}); the torch path timed once, the fused kernel best of "
-                 f"{repeat}; Heun counts two score evaluations a step")
+                 f"{repeat}; Heun counts two score evaluations a step; flops per sample-step "
+                 f"{TR.flops_per_sample_step(gm)} (one score evaluation and the update)")
     return lines
 
 
@@ -493,13 +510,17 @@ def main(argv=None):
     p.add_argument("--course", action="store_true", help="only the course-size rows, Philox vs torch.randn, "
                    "and the sampling-step breakdown")
     p.add_argument("--normals", action="store_true", help="only the normals/s rows (Philox vs torch.randn, numpy)")
-    p.add_argument("--trajectories", type=int, default=0, metavar="N",
-                   help="only the exact-score trajectory rows, with N samples (e.g. 100000)")
+    p.add_argument("--trajectories", type=int, nargs="*", default=None, metavar="N",
+                   help="only the exact-score trajectory rows, at each N samples (default 10000 100000 1000000)")
+    p.add_argument("--only", default="", metavar="NAME",
+                   help="with --trajectories: only the samplers whose name contains NAME (e.g. DPM)")
     a = p.parse_args(argv)
     if a.repeat is not None and a.repeat < 1:
         p.error("--repeat must be >= 1")
-    if a.trajectories < 0:
-        p.error("--trajectories must be >= 0")
+    if a.trajectories is not None and not a.trajectories:
+        a.trajectories = [10_000, 100_000, 1_000_000]
+    if a.trajectories and any(n < 1 for n in a.trajectories):
+        p.error(f"--trajectories: every size must be >= 1, got {a.trajectories}")
     if a.sizes_mb is not None and any(not (s >= 0.01) for s in a.sizes_mb):  # also refuses NaN
         p.error(f"--sizes-mb: every size must be at least 0.01 MB, got {a.sizes_mb}")
     if a.course or a.trajectories or a.normals:
@@ -512,7 +533,7 @@ def main(argv=None):
             print("\n".join(overhead_rows(repeat)) + "\n", flush=True)
             print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
         if a.trajectories:
-            lines = trajectory_rows(a.trajectories, repeat)
+            lines = trajectory_rows(a.trajectories, repeat, a.only)
             print(lines[-1], flush=True)
         return
     if a.device == "cuda":

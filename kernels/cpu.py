@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from . import _cache  # noqa: F401  (installs the versioned cache locator before any @njit(cache=True))
 from .formulas import BC_DIRICHLET, HALF_PI_2_30, MASK32, NOISE_GIVEN, NOISE_PHILOX, compile_device_functions
-from .trajectories import N_SCRATCH, compile_trajectory_functions
+from .trajectories import ROWS, compile_trajectory_functions
 
 _f = compile_device_functions(njit)
 normal4, lane = _f["normal4"], _f["lane"]
@@ -397,47 +397,59 @@ def ftcs2d(u, r, bc, out):
 
 # ---------------------------------------------------------------------------- exact-score trajectories
 # A whole sampler per sample on a Gaussian mixture's exact score (kernels/trajectories.py): prange over
-# blocks of TRAJ_ROWS samples, each block with its own (N_SCRATCH, d) scratch; any d, any K.
-_t = compile_trajectory_functions(njit, _f)
-_eps_trajectory, _score_trajectory = _t["eps_trajectory"], _t["score_trajectory"]
-TRAJ_ROWS = 64
+# blocks of ROWS samples, each block with its own transposed (d, ROWS) scratch, the loops over the block's
+# samples vectorised (the score, a libm-free exp, the update); any d, any K.
+_t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle)
+_eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
 
 
 @njit(cache=True)
-def _check_gm(x, out, means, prec, const, m_tab, s_tab, lev):
+def _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev):
     if x.shape != out.shape or x.shape[1] != means.shape[1]:
         raise ValueError("trajectory arrays: x and out must be (B, d) with d = means.shape[1]")
     L, K = const.shape
-    if prec.shape[0] != L or prec.shape[1] != K or K != means.shape[0] or m_tab.shape[0] != L or s_tab.shape[0] != L:
+    if prec.shape[0] != L or prec.shape[1] != K or K != means.shape[0] or alpha_t.shape[0] != L \
+            or sigma_t.shape[0] != L:
         raise ValueError("trajectory tables disagree in the number of levels or components")
     for i in range(lev.shape[0]):
         if lev[i] < 0 or lev[i] >= L:
             raise ValueError("trajectory level index out of range")
 
 
+@njit(cache=True)
+def _block_scratch(n_blocks, d, K):
+    """``(blocks, logits, lanes, lane ints, noise words, quadrants, vectors)``: ``n_blocks`` ``(d, ROWS)``
+    blocks, the ``(K, ROWS)`` logits, ``(4, ROWS)`` lane scratch (its last row also viewed as int64),
+    ``(4, ROWS)`` and ``(2, ROWS)`` int64 for the noise, three d-vectors."""
+    lanes = np.empty((4, ROWS))
+    return (np.empty((n_blocks, d, ROWS)), np.empty((max(K, 1), ROWS)), lanes, lanes[3].view(np.int64),
+            np.empty((4, ROWS)), np.empty((2, ROWS), np.int64), np.empty((3, d)))
+
+
 @_kernel
-def eps_trajectories(x, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep, recompute,
+def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0, ceps, cx0p, cz, nstep, recompute,
                      c, k0, k1, out):
     """DDPM / DDIM(eta) / DPM-Solver++(2M) on the exact mixture score, one trajectory per sample."""
-    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev)
+    _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
     B, d = x.shape
-    for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
-        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
-        for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
-            _eps_trajectory(x, b, out, means, prec, const, iso, True, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
-                            recompute, c, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d])
+    for task in prange((B + ROWS - 1) // ROWS):
+        blk, LG, lanes, ti, words, quad, vec = _block_scratch(4, d, means.shape[0])
+        b0 = task * ROWS
+        _eps_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, lev, alpha_t, sigma_t, cx, cx0,
+                  ceps, cx0p, cz, nstep, recompute, c, k0, k1, blk[0], blk[1], blk[2], blk[3], LG, lanes, ti,
+                  words[:2], words[2:], quad, vec[0], vec[1], vec[2])
 
 
 @_kernel
-def score_trajectories(x, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs, hxe, hse,
+def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse,
                        nstep, k0, k1, out):
-    """Euler-Maruyama / PF-ODE Euler / PF-ODE Heun on the exact mixture score, one trajectory per sample."""
-    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev)
-    _check_gm(x, out, means, prec, const, m_tab, s_tab, lev2)
+    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, one trajectory per sample."""
+    _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
+    _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev2)
     B, d = x.shape
-    for task in prange((B + TRAJ_ROWS - 1) // TRAJ_ROWS):
-        scr = np.empty((N_SCRATCH, max(d, means.shape[0])))
-        for b in range(task * TRAJ_ROWS, min(B, (task + 1) * TRAJ_ROWS)):
-            _score_trajectory(x, b, out, means, prec, const, iso, True, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs,
-                              hxe, hse, nstep, k0, k1, scr[0, :d], scr[1, :d], scr[2, :d], scr[3, :d], scr[4], scr[5, :d],
-                              scr[6, :d])
+    for task in prange((B + ROWS - 1) // ROWS):
+        blk, LG, lanes, ti, words, quad, vec = _block_scratch(5, d, means.shape[0])
+        b0 = task * ROWS
+        _score_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, lev, lev2, alpha_t, sigma_t, cx,
+                    cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0], blk[1], blk[2], blk[3], blk[4], LG,
+                    lanes, ti, words[:2], words[2:], quad, vec[0], vec[1], vec[2])

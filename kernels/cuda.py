@@ -225,40 +225,40 @@ def launch_on_stream(kernel, work: int, args, stream_ptr: int, device_index: int
 
 
 # ---------------------------------------------------------------------------- exact-score trajectories
-# A thread per sample (grid-stride over samples), the one-pass online-softmax score (any number of
-# components in O(d) registers/local memory); d <= MAX_DIM_CUDA (checked on the host).
-_t = compile_trajectory_functions(cuda.jit(device=True), _f)
-_eps_trajectory, _score_trajectory = _t["eps_trajectory"], _t["score_trajectory"]
+# A thread per sample (grid-stride over samples; the block code of kernels/trajectories.py with one lane),
+# the one-pass online-softmax score (any number of components in O(d) local memory); d <= MAX_DIM_CUDA
+# (checked on the host).
+_t = compile_trajectory_functions(cuda.jit(device=True), _f, vector_exp=False)
+_eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
 
 
 @cuda.jit
-def eps_trajectories(x, means, prec, const, iso, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep, recompute,
+def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0, ceps, cx0p, cz, nstep, recompute,
                      c, k0, k1, out):
     """DDPM / DDIM(eta) / DPM-Solver++(2M) on the exact mixture score, a thread per sample."""
     B, d = x.shape
-    xs = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    x0p = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    sc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    blk = cuda.local.array((5, MAX_DIM_CUDA, 1), numba.float64)  # the (d, 1) blocks of one lane
+    vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)     # the one-pass score's d-vectors
+    lanes = cuda.local.array((4, 1), numba.float64)              # unused by the one-pass score (also its logits)
+    words = cuda.local.array((4, 1), numba.float64)              # noise words and angles of one Philox block
+    quad = cuda.local.array((2, 1), numba.int64)                 # their quadrants (row 0 also the unused int lane)
     for b in range(cuda.grid(1), B, cuda.gridsize(1)):
-        _eps_trajectory(x, b, out, means, prec, const, iso, False, lev, m_tab, s_tab, cx, cx0, ceps, cx0p, cz, nstep,
-                        recompute, c, k0, k1, xs[:d], x0p[:d], diff[:d], y[:d], acc[:d], sc[:d])
+        _eps_rows(x, b, 1, out, means, prec, const, iso, False, lev, alpha_t, sigma_t, cx, cx0, ceps, cx0p, cz,
+                  nstep, recompute, c, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d], lanes[:1], lanes,
+                  quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
 
 
 @cuda.jit
-def score_trajectories(x, means, prec, const, iso, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx, hs, hxe, hse,
+def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse,
                        nstep, k0, k1, out):
-    """Euler-Maruyama / PF-ODE Euler / Heun on the exact mixture score, a thread per sample."""
+    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, a thread per sample."""
     B, d = x.shape
-    xs = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    xe = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    diff = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    y = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    acc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    sc = cuda.local.array(MAX_DIM_CUDA, numba.float64)
-    se = cuda.local.array(MAX_DIM_CUDA, numba.float64)
+    blk = cuda.local.array((5, MAX_DIM_CUDA, 1), numba.float64)
+    vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)
+    lanes = cuda.local.array((4, 1), numba.float64)
+    words = cuda.local.array((4, 1), numba.float64)
+    quad = cuda.local.array((2, 1), numba.int64)
     for b in range(cuda.grid(1), B, cuda.gridsize(1)):
-        _score_trajectory(x, b, out, means, prec, const, iso, False, lev, lev2, m_tab, s_tab, cx, cs, cz, heun, hx,
-                          hs, hxe, hse, nstep, k0, k1, xs[:d], xe[:d], diff[:d], y[:d], acc[:d], sc[:d], se[:d])
+        _score_rows(x, b, 1, out, means, prec, const, iso, False, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
+                    hs, hxe, hse, nstep, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d], blk[4, :d],
+                    lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])

@@ -1,19 +1,21 @@
 """Fused exact-score trajectories: whole samplers on a Gaussian-mixture target, one kernel call.
 
 For a :class:`minidiff.data.GaussianMixture` target the score of every noised marginal is closed-form
-(``gm.noised(m, s).score``), so a sampler needs no network: the kernels in ``kernels/trajectories.py``
+(``gm.noised(alpha_t, sigma_t).score``), so a sampler needs no network: the kernels in ``kernels/trajectories.py``
 evaluate the mixture score inside the loop and run the whole sampler per sample (CPU: ``prange`` over
 samples; CUDA: a thread per sample). Each function here returns the final samples ``x_0`` of the
 matching step-by-step sampler driven by the exact score --
 
-=============================  =====================================================================
-:func:`ddpm_exact`             :func:`minidiff.samplers.ddpm` with ``gm.eps_model(schedule)``
-:func:`ddim_exact`             :func:`minidiff.samplers.ddim` (any ``eta``)
-:func:`dpm_solver_2m_exact`    :func:`minidiff.solvers.dpm_solver_2m`
-:func:`euler_maruyama_exact`   :func:`minidiff.samplers.euler_maruyama` with the exact score
-:func:`pf_ode_euler_exact`     :func:`minidiff.samplers.pf_ode_euler`
-:func:`pf_ode_heun_exact`      :func:`minidiff.samplers.pf_ode_heun`
-=============================  =====================================================================
+===============================  =============================================================================
+:func:`ddpm_exact`               :func:`minidiff.samplers.ddpm` with ``gm.eps_model(schedule)``
+:func:`ddim_exact`               :func:`minidiff.samplers.ddim` (any ``eta``)
+:func:`dpm_solver_2m_exact`      :func:`minidiff.solvers.dpm_solver_2m`
+:func:`euler_maruyama_exact`     :func:`minidiff.samplers.euler_maruyama` with the exact score
+:func:`pf_ode_euler_exact`       :func:`minidiff.samplers.pf_ode_euler`
+:func:`pf_ode_heun_exact`        :func:`minidiff.samplers.pf_ode_heun`
+:func:`langevin_exact`           :func:`minidiff.samplers.langevin` with ``gm.score``
+:func:`annealed_langevin_exact`  :func:`minidiff.samplers.annealed_langevin` with ``gm.at_sigma(sigma).score``
+===============================  =============================================================================
 
 -- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
 (Salmon et al. 2011): with ``seed=S`` a trajectory sees exactly the noise the step-by-step sampler
@@ -22,7 +24,7 @@ sees with ``noise=lambda step: minidiff.backend.normal(x.shape, S, step, dtype=x
 Arithmetic is float64 inside the kernel whatever ``x_T``'s dtype; the result has ``x_T``'s dtype
 (numpy in, numpy out). Any number of components; any dimension on the CPU, up to 64 on CUDA.
 The coefficient tables are built here from :mod:`minidiff.kernels.formulas`' ``*_coefficients``
-(each formula written once); the level tables (precision matrices of ``m^2 S_k + s^2 I``) once per
+(each formula written once); the level tables (precision matrices of ``alpha_t^2 S_k + sigma_t^2 I``) once per
 noise level.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from . import _checks
 from . import backend as _backend
 
 __all__ = ["ddpm_exact", "ddim_exact", "dpm_solver_2m_exact", "euler_maruyama_exact", "pf_ode_euler_exact",
-           "pf_ode_heun_exact", "flops_per_sample_step"]
+           "pf_ode_heun_exact", "langevin_exact", "annealed_langevin_exact", "flops_per_sample_step"]
 
 
 # ============================================================================ validation and tables
@@ -47,13 +49,13 @@ def _check_gm(gm):
     return gm
 
 
-def _check_x(x_T, gm):
+def _check_x(x_T, gm, name="x_T"):
     numpy_in = isinstance(x_T, np.ndarray)
-    x = _backend._as_tensor(x_T, "x_T")
+    x = _backend._as_tensor(x_T, name)
     if x.ndim != 2 or x.shape[1] != gm.dim:
-        raise ValueError(f"x_T must have shape (B, {gm.dim}) (the mixture's dimension), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (B, {gm.dim}) (the mixture's dimension), got {tuple(x.shape)}")
     if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError("x_T must be finite (it holds NaN or inf)")
+        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
     if x.device.type == "cuda" and gm.dim > 64:
         raise ValueError(f"the CUDA trajectory kernels take dimension <= 64 (MAX_DIM_CUDA), got {gm.dim}; "
                          f"use CPU tensors")
@@ -80,27 +82,30 @@ def _is_isotropic(gm) -> bool:
 
 
 def level_tables(gm, levels):
-    """For noise levels ``[(m, s), ...]``: ``(prec, const, iso)`` with ``prec[L, k] = (m^2 S_k +
-    s^2 I)^-1`` (``(L, K, 1, 1)`` scalars when every ``S_k`` is isotropic, else ``(L, K, d, d)``) and
-    ``const[L, k] = log w_k - 1/2 log det(m^2 S_k + s^2 I)`` (the Gaussian constant cancels in the
-    softmax), float64."""
+    """For noise levels ``[(alpha_t, sigma_t), ...]`` (``x_t = alpha_t x_0 + sigma_t eps``):
+    ``(prec, const, iso, alpha_t, sigma_t)`` with ``prec[L, k] = (alpha_t^2 S_k + sigma_t^2 I)^-1``
+    (``(L, K, 1, 1)`` scalars when every ``S_k`` is isotropic, else ``(L, K, d, d)``),
+    ``const[L, k] = log w_k - 1/2 log det(alpha_t^2 S_k + sigma_t^2 I)`` (the Gaussian constant cancels
+    in the softmax) and the two level tables, float64."""
     K, d = gm.n_components, gm.dim
     iso = _is_isotropic(gm)
     logw = torch.log(gm.weights).numpy()
-    m = np.array([lv[0] for lv in levels], dtype=np.float64)
-    s = np.array([lv[1] for lv in levels], dtype=np.float64)
+    alpha_t = np.array([lv[0] for lv in levels], dtype=np.float64)
+    sigma_t = np.array([lv[1] for lv in levels], dtype=np.float64)
     if iso:
-        var = m[:, None] ** 2 * torch.diagonal(gm.covs, dim1=-2, dim2=-1)[:, 0].numpy()[None, :] + s[:, None] ** 2
+        var = (alpha_t[:, None] ** 2 * torch.diagonal(gm.covs, dim1=-2, dim2=-1)[:, 0].numpy()[None, :]
+               + sigma_t[:, None] ** 2)
         prec = (1.0 / var)[:, :, None, None]
         const = logw[None, :] - 0.5 * d * np.log(var)
     else:
         eye = torch.eye(d, dtype=torch.float64)
-        cov = torch.as_tensor(m)[:, None, None, None] ** 2 * gm.covs[None] + torch.as_tensor(s)[:, None, None, None] ** 2 * eye
+        cov = (torch.as_tensor(alpha_t)[:, None, None, None] ** 2 * gm.covs[None]
+               + torch.as_tensor(sigma_t)[:, None, None, None] ** 2 * eye)
         chol = torch.linalg.cholesky(cov)  # (L, K, d, d)
         prec = torch.cholesky_inverse(chol).numpy()
         logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1).numpy()
         const = logw[None, :] - 0.5 * logdet
-    return np.ascontiguousarray(prec), np.ascontiguousarray(const), iso, m, s
+    return np.ascontiguousarray(prec), np.ascontiguousarray(const), iso, alpha_t, sigma_t
 
 
 def flops_per_sample_step(gm, heun: bool = False) -> int:
@@ -129,9 +134,9 @@ def _i64(v):
 
 # ============================================================================ eps/x0-form samplers
 def _eps_run(gm, x, numpy_in, levels, cx, cx0, ceps, cx0p, cz, nstep, recompute, c, seed):
-    prec, const, iso, m, s = level_tables(gm, levels)
+    prec, const, iso, alpha_t, sigma_t = level_tables(gm, levels)
     n = len(cx)
-    tables = [prec, const, iso, _i64(np.arange(n)), m, s, _f64(cx), _f64(cx0), _f64(ceps), _f64(cx0p), _f64(cz),
+    tables = [prec, const, iso, _i64(np.arange(n)), alpha_t, sigma_t, _f64(cx), _f64(cx0), _f64(ceps), _f64(cx0p), _f64(cz),
               _i64(nstep), bool(recompute), float(c)]
     return _run("eps_trajectories", x, numpy_in, gm, tables, seed)
 
@@ -226,6 +231,15 @@ def _sde_grid(sde, n_steps, t_min):
     return sde.time_grid(n_steps, t_min).tolist()
 
 
+def _score_tables_run(gm, x, numpy_in, levels, lev, lev2, cx, cs, cz, heun, hx, hs, hxe, hse, nstep, seed):
+    """The score-form kernel (``kernels/trajectories.py``, ``score_rows``) with per-step tables."""
+    prec, const, iso, alpha_t, sigma_t = level_tables(gm, levels)
+    tables = [prec, const, iso, _i64(lev), _i64(lev2), alpha_t, sigma_t, _f64(cx), _f64(cs), _f64(cz),
+              np.ascontiguousarray(np.asarray(heun, dtype=np.bool_)), _f64(hx), _f64(hs), _f64(hxe), _f64(hse),
+              _i64(nstep)]
+    return _run("score_trajectories", x, numpy_in, gm, tables, seed)
+
+
 def _score_run(gm, sde, x_T, n_steps, t_min, kind, seed):
     from minidiff.kernels.formulas import heun_coefficients, pf_ode_euler_coefficients, reverse_sde_coefficients
 
@@ -245,13 +259,49 @@ def _score_run(gm, sde, x_T, n_steps, t_min, kind, seed):
         heun.append(h), hx.append(hc[0]), hs.append(hc[1]), hxe.append(hc[2]), hse.append(hc[3])
     if kind != "heun":
         levels = levels[:-1]  # the score is never evaluated at t_min
-    prec, const, iso, m, s = level_tables(gm, levels)
     lev = np.arange(n)
-    lev2 = np.minimum(lev + 1, len(levels) - 1)
-    tables = [prec, const, iso, _i64(lev), _i64(lev2), m, s, _f64(cx), _f64(cs), _f64(cz),
-              np.ascontiguousarray(np.asarray(heun, dtype=np.bool_)), _f64(hx), _f64(hs), _f64(hxe), _f64(hse),
-              _i64(nstep)]
-    return _run("score_trajectories", x, numpy_in, gm, tables, seed)
+    return _score_tables_run(gm, x, numpy_in, levels, lev, np.minimum(lev + 1, len(levels) - 1), cx, cs, cz, heun,
+                             hx, hs, hxe, hse, nstep, seed)
+
+
+def _langevin_run(gm, x_init, sigmas, n_steps_each, step_sizes, seed):
+    """Langevin steps ``x <- x + (h_i/2) score_i + sqrt(h_i) z`` on ``gm.at_sigma(sigmas[i])``,
+    ``n_steps_each`` per level, noise counter ``step = index``."""
+    from minidiff.kernels.formulas import langevin_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_init, gm, "x_init")
+    seed = _check_seed(seed, needed=True)
+    n = len(sigmas) * n_steps_each
+    coef = np.repeat(np.array([langevin_coefficients(h) for h in step_sizes], dtype=np.float64), n_steps_each, 0)
+    lev = np.repeat(np.arange(len(sigmas)), n_steps_each)
+    zeros = np.zeros(n)
+    return _score_tables_run(gm, x, numpy_in, [(1.0, float(sg)) for sg in sigmas], lev, lev, coef[:, 0], coef[:, 1],
+                             coef[:, 2], np.zeros(n, dtype=bool), zeros, zeros, zeros, zeros, np.arange(n), seed)
+
+
+def langevin_exact(gm, x_init, *, step_size: float, n_steps: int, seed=None):
+    """Unadjusted Langevin dynamics on ``gm`` itself (Song & Ermon 2019, eq. 4):
+    ``x <- x + (step_size / 2) grad log p(x) + sqrt(step_size) z``, ``n_steps`` times, as
+    :func:`minidiff.samplers.langevin` with ``gm.score``; noise counter ``step = index``.
+    ``x_init``: ``(B, d)``. Returns the final particles ``(B, d)``."""
+    step_size = _checks.check_positive(step_size, "step_size")
+    n_steps = _checks.check_count(n_steps, "n_steps")
+    return _langevin_run(gm, x_init, [0.0], n_steps, [step_size], seed)
+
+
+def annealed_langevin_exact(gm, x_init, sigmas, *, n_steps_each: int, step_size: float, seed=None):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) with the exact scores of
+    ``gm.at_sigma(sigma_i)``: ``n_steps_each`` Langevin steps of size ``step_size sigma_i^2 / sigma_L^2``
+    per level, as :func:`minidiff.samplers.annealed_langevin`; noise counter ``step = index``.
+    Returns the final particles ``(B, d)``."""
+    sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if sig.size < 1 or not np.all(np.isfinite(sig)) or np.any(sig <= 0) or np.any(np.diff(sig) > 0):
+        raise ValueError(f"sigmas must be a non-empty sequence of positive, non-increasing noise levels, "
+                         f"got {sig[:5].tolist()}{'...' if sig.size > 5 else ''}")
+    n_steps_each = _checks.check_count(n_steps_each, "n_steps_each")
+    step_size = _checks.check_positive(step_size, "step_size")
+    return _langevin_run(gm, x_init, sig.tolist(), n_steps_each, (step_size * sig**2 / sig[-1] ** 2).tolist(), seed)
 
 
 def euler_maruyama_exact(gm, x_T, sde, n_steps: int, *, seed=None, t_min: float = 1e-3):

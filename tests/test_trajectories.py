@@ -75,6 +75,54 @@ def test_fused_equals_the_torch_path_in_float64(kind, kw, gm):
     assert float((got - x).abs().max()) > 0.1  # it moved
 
 
+LANGEVIN = [("langevin", GRID), ("langevin", FULL), ("annealed", GRID), ("annealed", FULL)]
+
+
+@pytest.mark.parametrize("kind,gm", LANGEVIN, ids=["langevin-iso", "langevin-full", "annealed-iso", "annealed-full"])
+def test_langevin_fused_equals_the_torch_path(kind, gm):
+    """Langevin (Song & Ermon 2019, eq. 4) and annealed Langevin (Alg. 1) on the exact scores; 300
+    particles (not a multiple of the CPU block), the same Philox noise."""
+    x = x_T(gm)
+    if kind == "langevin":
+        want = samplers.final(samplers.langevin(gm.score, x, step_size=0.004, n_steps=40, noise=noise_for(x)))
+        got = TR.langevin_exact(gm, x, step_size=0.004, n_steps=40, seed=SEED)
+    else:
+        sig = [2.0, 1.0, 0.5, 0.2]
+        want = samplers.final(samplers.annealed_langevin(lambda v, sg: gm.at_sigma(float(sg)).score(v), x, sig,
+                                                         n_steps_each=6, step_size=0.01, noise=noise_for(x)))
+        got = TR.annealed_langevin_exact(gm, x, sig, n_steps_each=6, step_size=0.01, seed=SEED)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-11 * max(1.0, float(want.abs().max())))
+    assert float((got - x).abs().max()) > 0.1
+
+
+def test_langevin_arguments_name_themselves():
+    x = x_T(GRID)
+    with pytest.raises(ValueError, match="step_size"):
+        TR.langevin_exact(GRID, x, step_size=0.0, n_steps=3, seed=1)
+    with pytest.raises(ValueError, match="pass seed="):
+        TR.langevin_exact(GRID, x, step_size=0.1, n_steps=3)
+    with pytest.raises(ValueError, match="sigmas must be"):
+        TR.annealed_langevin_exact(GRID, x, [0.1, 1.0], n_steps_each=2, step_size=0.1, seed=1)
+    with pytest.raises(ValueError, match=r"x_init must have shape \(B, 2\)"):
+        TR.langevin_exact(GRID, torch.zeros(3, 3, dtype=torch.float64), step_size=0.1, n_steps=3, seed=1)
+
+
+def test_the_vectorised_exp_against_numpy():
+    """The kernels' libm-free exp (Cody-Waite reduction, degree-13 polynomial, exponent bits) within
+    2 ulp of numpy's over [-700, 0], and exactly 1 at 0."""
+    from numba import njit
+
+    from minidiff.kernels import trajectories as KT
+
+    f = njit(KT.exp_rows_poly)
+    v = np.concatenate([-np.geomspace(1e-300, 700.0, 4001), [0.0, -np.log(2) / 2, -np.log(2), -745.0]])
+    w, tf = v.copy(), np.empty_like(v)
+    f(w, tf, tf.view(np.int64), v.size)
+    want = np.exp(np.maximum(v, -700.0))
+    assert w[-4] == 1.0
+    np.testing.assert_array_less(np.abs(w / want - 1), 4.5e-16)
+
+
 def test_dimension_64_and_one_component():
     rng = np.random.default_rng(0)
     gm = GaussianMixture.isotropic(torch.as_tensor(rng.standard_normal((3, 64))), 0.3)
