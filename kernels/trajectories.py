@@ -28,7 +28,7 @@ Two trajectory shapes cover the samplers (coefficients per step from the host, e
 * :func:`eps_rows` -- the eps/x0 form: ``eps = -sigma_t score``, ``x0 = clip((x - sigma_t eps) / alpha_t)``
   (Ho et al. 2020, eq. 15), optionally ``eps`` recomputed from the clipped ``x0`` (DDIM), then
   ``x <- cx x + cx0 x0 + ceps eps + cx0p x0_prev + cz z``: DDPM (Alg. 2, eq. 7), DDIM(eta) (Song et
-  al. 2021b, eq. 12) and DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) are three coefficient tables.
+  al. 2021b, eq. 12) and DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) are three coefficient tables.
 * :func:`score_rows` -- ``x_e = cx x + cs score + cz z`` (Euler-Maruyama of the reverse SDE, Song et
   al. 2021a eq. 6; Euler of the PF ODE, eq. 13; Langevin dynamics, Alg. 1 of Song & Ermon 2019), optionally the
   Heun correction ``x <- hx x + hs score + hxe x_e + hse score(x_e)`` (Karras et al. 2022, Alg. 1).

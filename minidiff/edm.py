@@ -269,7 +269,7 @@ def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
 
 def log_snr_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> np.ndarray:
     """``n`` levels uniform in log-SNR (= in ``log sigma``) from ``sigma_max`` to ``sigma_min``, then 0
-    (the ``rho -> inf`` limit of eq. 5; the grid of Lu et al. 2022's "logSNR" spacing)."""
+    (the ``rho -> inf`` limit of eq. 5; the grid of Lu et al. 2022a's "logSNR" spacing)."""
     n = _c.check_count(n, "n", 2)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     lam = np.linspace(log_snr_from_sigma(sigma_max), log_snr_from_sigma(sigma_min), n)

@@ -1,6 +1,6 @@
 """Higher-order fast solvers of the diffusion ODE, as generators of :class:`minidiff.samplers.Step`.
 
-DPM-Solver++(2M) (Lu, Zhou, Bao, Chen, Li & Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampling
+DPM-Solver++(2M) (Lu, Zhou, Bao, Chen, Li & Zhu 2022b, "DPM-Solver++: Fast Solver for Guided Sampling
 of Diffusion Probabilistic Models", Algorithm 2) integrates the probability-flow ODE written in the
 half log-SNR ``lambda = log(alpha_t / sigma_t)`` with ``alpha_t = sqrt(alpha_bar)``, ``sigma_t = sqrt(1 - alpha_bar)``
 (the coefficients of ``x_t = alpha_t x_0 + sigma_t eps``; ``_s`` marks the step's start, ``_t`` its end, as in the paper).
@@ -29,7 +29,7 @@ __all__ = ["dpm_solver_2m"]
 
 def dpm_solver_2m(model, x_T, schedule: Schedule, n_steps: int, *, generator: torch.Generator | None = None,
                   clip_x0: float | None = None) -> Iterator[Step]:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; data prediction, multistep, second order) on the
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2; data prediction, multistep, second order) on the
     ``n_steps`` descending indices ``schedule.timesteps(n_steps)``, then to the data (``alpha_bar = 1``).
 
     ``model(x, t_index) -> eps`` with ``t_index`` a ``(B,)`` int64 tensor (as for :func:`minidiff.samplers.ddim`);
@@ -38,7 +38,7 @@ def dpm_solver_2m(model, x_T, schedule: Schedule, n_steps: int, *, generator: to
     denoised estimate (the "lower order final" step of the authors' code and of k-diffusion's
     ``sample_dpmpp_2m``). ``n_steps`` model evaluations; deterministic (``generator`` is accepted for a
     uniform sampler signature and not used). ``clip_x0``: clamp ``x0_hat`` to ``[-clip_x0, clip_x0]``
-    (static thresholding, Lu et al. 2022 Sec. 5). Yields ``n_steps`` records with ``t_index`` and ``x0``.
+    (static thresholding, Lu et al. 2022b Sec. 5). Yields ``n_steps`` records with ``t_index`` and ``x0``.
     """
     x_T = _check_x(x_T, "x_T")
     n_steps = _check_count(n_steps, "n_steps", high=schedule.T)

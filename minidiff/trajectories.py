@@ -191,7 +191,7 @@ def ddim_exact(gm, x_T, schedule, n_steps: int, eta: float = 0.0, seed=None, *, 
 
 
 def dpm_solver_2m_exact(gm, x_T, schedule, n_steps: int, *, clip_x0=None):
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction, multistep) on
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2, data prediction, multistep) on
     ``schedule.timesteps(n_steps)``, first and last steps first order, as
     :func:`minidiff.solvers.dpm_solver_2m`: ``x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) D``,
     ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``. Deterministic. Returns the samples ``(B, d)``."""

@@ -1,4 +1,4 @@
-"""DPM-Solver++(2M) against references: a naive float64 transcription of Lu et al. 2022, Alg. 2, and
+"""DPM-Solver++(2M) against references: a naive float64 transcription of Lu et al. 2022b, Alg. 2, and
 the exact probability-flow ODE of a Gaussian mixture (solved to 1e-10 by scipy), with DDIM
 (= DPM-Solver++(1)) as the first-order baseline at the same number of network evaluations."""
 from __future__ import annotations
@@ -47,7 +47,7 @@ def exact_endpoint(schedule, x_T):
 
 
 def naive_dpm_solver_2m(eps_fn, x_T, alpha_bar, t_indices):
-    """Lu et al. 2022, Alg. 2 written out in float64 numpy, with a first-order final step to sigma_t = 0."""
+    """Lu et al. 2022b, Alg. 2 written out in float64 numpy, with a first-order final step to sigma_t = 0."""
     x = np.array(x_T, dtype=np.float64)
     ts = list(t_indices) + [None]
     alpha_t = lambda t: 1.0 if t is None else math.sqrt(alpha_bar[t])          # noqa: E731
