@@ -23,7 +23,7 @@ NB_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 CORES := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install lab test test-unit test-cudasim test-notebooks course site student bench clean help
+.PHONY: install lab test test-all test-unit test-browser test-cudasim test-notebooks course site student bench clean help
 
 help:
 	@echo "make lab     - set everything up and open the course in JupyterLab"
@@ -54,11 +54,22 @@ lab: install
 	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/
 
 test: install
-	@$(MAKE) --no-print-directory test-unit test-cudasim test-notebooks
+	@$(MAKE) --no-print-directory test-all test-cudasim
 
-# Unit tests two at a time (one thread each, like the notebooks); the browser tests after them, on their own.
+# Everything but the CUDA simulator in one pytest-xdist session: unit tests, browser tests and every notebook
+# under nbval (fast mode) share NB_WORKERS workers, one thread each. Each module and each notebook is one work
+# unit, the longest first (tests/conftest.py), so no stage waits for another and the quick unit tests fill
+# the end. The stages one by one: test-unit, test-browser, test-notebooks.
+test-all: install
+	MINIDIFF_FAST=1 $(ONE_THREAD) $(PY) -m pytest tests notebooks/ $(NBVAL_FLAGS) -q -n $(NB_WORKERS) \
+	  --dist loadscope --no-loadscope-reorder
+
+# Unit tests two at a time (one thread each, like the notebooks).
 test-unit: install
 	$(ONE_THREAD) $(PY) -m pytest tests -q -m "not browser" -n $(NB_WORKERS)
+
+# JupyterLab and the rendered site in Chromium (the kernels they start run one thread each).
+test-browser: install
 	NUMBA_NUM_THREADS=$(CORES) $(PY) -m pytest tests -q -m browser
 
 test-cudasim: install

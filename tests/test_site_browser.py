@@ -136,7 +136,11 @@ def _visible(page, selector):
     return [h for h in page.query_selector_all(selector) if h.is_visible()]
 
 
-def check_page(page, url: str, shot: Path, base: str, *, notebook: bool = True) -> dict:
+def check_page(page, url: str, shot: Path, base: str, *, notebook: bool = True, fetched: dict | None = None) -> dict:
+    """Load ``url`` and check its maths, players and internal links. ``fetched`` maps each internal URL
+    (without its fragment) already requested in this site run to its (status, body): every page links
+    every other (the course bar), so each target is requested once per site, not once per link."""
+    fetched = {} if fetched is None else fetched
     page.goto(url)
     if notebook:  # every notebook page loads the local MathJax; the index has no maths
         assert page.evaluate(MATHJAX_DONE) == "done", f"{url}: MathJax did not load"
@@ -176,11 +180,14 @@ def check_page(page, url: str, shot: Path, base: str, *, notebook: bool = True) 
         if not target.startswith(base):
             continue
         parts = urlsplit(target)
-        resp = page.request.get(target.split("#")[0])
-        if resp.status != 200:
-            broken.append(f"{href}: HTTP {resp.status}")
+        bare = target.split("#")[0]
+        if bare not in fetched:
+            resp = page.request.get(bare)
+            fetched[bare] = (resp.status, resp.text() if resp.status == 200 else "")
+        status, body = fetched[bare]
+        if status != 200:
+            broken.append(f"{href}: HTTP {status}")
         elif parts.fragment:
-            body = resp.text()
             if f'id="{parts.fragment}"' not in body:
                 broken.append(f"{href}: no anchor #{parts.fragment}")
     assert not broken, f"{url}: broken internal links: {broken}"
@@ -213,10 +220,11 @@ def _run_site(browser, serve, site: Path, name: str):
     try:
         pages = sorted(p.name for p in site.glob("[0-9][0-9]*.html"))
         assert pages, f"no pages in {site}"
-        seen = {}
+        seen, fetched = {}, {}
         for html_name in ["index.html"] + pages:
             shot = SCREENSHOT_DIR / f"{name}-{Path(html_name).stem}.png"
-            seen[html_name] = check_page(page, base + html_name, shot, base, notebook=html_name != "index.html")
+            seen[html_name] = check_page(page, base + html_name, shot, base, notebook=html_name != "index.html",
+                                         fetched=fetched)
             print(f"site test: {name}/{html_name}: {seen[html_name]['players']} players, "
                   f"{seen[html_name]['math']} equations; screenshot {shot}")
         assert not blocked, f"pages asked for the network: {sorted(set(blocked))[:10]}"
