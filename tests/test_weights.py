@@ -95,11 +95,16 @@ def test_the_digits_bar_can_fail(digits_samples):
     assert not _meets_digits_bar(q), str(q)
 
 
+# 300 labels (30 per class) in `make test`: the accuracy recorded in digits_cond.json is near 1, and at an accuracy of
+# 0.97 the 0.90 bar would still sit 4 binomial standard errors below it; 1000 labels with MINIDIFF_THOROUGH=1.
+N_COND = 1000 if THOROUGH else 300
+
+
 def test_conditional_digits_follow_their_labels():
     model, schedule = load_pretrained("digits_cond")
     w = pretrained_info("digits_cond")["guidance_scale"]
-    y = torch.arange(1000) % 10
-    x = _ddim(as_eps_model(model, schedule, y=y, guidance_scale=w), (1000, 1, 8, 8), schedule,
+    y = torch.arange(N_COND) % 10
+    x = _ddim(as_eps_model(model, schedule, y=y, guidance_scale=w), (N_COND, 1, 8, 8), schedule,
               clip_x0=pretrained_info("digits_cond").get("clip_x0"))
     acc = float((metrics.classify(x) == y).double().mean())
     assert acc >= 0.90, acc
