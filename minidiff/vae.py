@@ -27,7 +27,11 @@ CLI (one recorded command per shipped file, see ``minidiff/weights/glyph_vae.jso
 
     python -m minidiff.vae train-vae --steps 800 --batch-size 64 --seed 0 --threads 1 --out glyph_vae.safetensors
     python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 600 --batch-size 32 \
-        --threads 1 --out latent.safetensors
+        --threads 1 --snapshots runs/latent_unet --save-ema-every 100 --out latent.safetensors
+    python -m minidiff.vae train-pixel --size 16 --steps 200 --batch-size 32 --threads 1 --out pixel.safetensors
+
+The latent denoisers predict ``v`` (Salimans & Ho 2022; why: :func:`_latent_model_config`); the pixel-space
+baseline (``train-pixel``) is the same U-Net design on 16x16 glyphs.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 from . import _checks as _c
 
 __all__ = ["VAEConfig", "AutoencoderKL", "kl_divergence", "vae_loss", "train_vae", "latent_scale",
-           "LatentCodec", "save_vae", "load_vae", "pca_reconstruction_error", "reconstruction_error",
+           "LatentCodec", "save_vae", "load_vae", "pca_basis", "pca_reconstruction_error", "reconstruction_error",
            "encode_dataset", "x0_error_by_t_index", "VAE_PATH", "LATENT_UNET_PATH", "LATENT_DIT_PATH", "PIXEL_UNET_PATH", "load_codec", "main"]
 
 _WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -228,14 +232,21 @@ def reconstruction_error(vae: AutoencoderKL, x: torch.Tensor) -> float:
         return float(((vae.decode(encode_dataset(vae, x)) - x) ** 2).mean())
 
 
-def pca_reconstruction_error(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
-    """Mean squared error per pixel of the best rank-``k`` linear code (PCA fitted on ``train``, float64):
-    ``test`` projected on the top ``k`` principal directions and back (Eckart & Young 1936)."""
+def pca_basis(train: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (D,), components (D, k))`` of PCA fitted on ``train (N, ...)`` in float64: the top ``k``
+    right singular vectors of the centred data, the best rank-``k`` linear code (Eckart & Young 1936).
+    Encode ``(x - mean) @ components``, decode ``code @ components.T + mean``."""
     k = _c.check_count(k, "k", high=min(train[0].numel(), train.shape[0]))
     a = train.reshape(train.shape[0], -1).double()
     mu = a.mean(0)
     _, _, vt = torch.linalg.svd(a - mu, full_matrices=False)
-    v = vt[:k].T                                                  # (D, k)
+    return mu, vt[:k].T                                           # (D,), (D, k)
+
+
+def pca_reconstruction_error(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
+    """Mean squared error per pixel of the best rank-``k`` linear code (:func:`pca_basis` fitted on
+    ``train``): ``test`` projected on the top ``k`` principal directions and back."""
+    mu, v = pca_basis(train, k)
     b = test.reshape(test.shape[0], -1).double() - mu
     return float(((b @ v @ v.T - b) ** 2).mean())
 
