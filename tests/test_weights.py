@@ -291,6 +291,28 @@ def test_glyph_latent_models_estimate_x0_at_high_noise(name):
     assert all(err[t] <= 1.25 * err["mean"] for t in (999, 900, 700)), err
 
 
+@pytest.mark.skipif(not THOROUGH, reason="300 pixel-space samples at 50 steps cost minutes: MINIDIFF_THOROUGH=1")
+def test_glyph_pixel_unet_meets_its_bar():
+    """The pixel-space baseline of notebook 10 (16x16, trained for the latent U-Net's wall time; 300 samples,
+    50 DDIM steps, x_T seed 0): KID interval wholly below that of clamped N(0, I) images, >= 40 % of samples
+    given one character with probability >= 0.5, and a sane x0 estimate at high noise."""
+    from minidiff import glyphs, samplers, vae
+
+    info = json.loads((WEIGHTS / "glyph_pixel_unet.json").read_text())
+    assert (WEIGHTS / "glyph_pixel_unet.safetensors").stat().st_size <= 5 * 1024 * 1024
+    assert "python -m minidiff.vae train-pixel" in info["command"] and info["measured"]
+    model, schedule, _ = load_weights(vae.PIXEL_UNET_PATH)
+    x_T = torch.randn((300, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        x = samplers.final(samplers.ddim(as_eps_model(model, schedule), x_T, schedule, 50)).clamp(-1, 1)
+    q, noise = metrics.glyph_quality(x), metrics.glyph_quality(x_T.clamp(-1, 1))
+    assert q.kid.interval(2.0)[1] < noise.kid.interval(2.0)[0], (str(q), str(noise))
+    assert float((metrics.glyph_logits(x)["char"].softmax(1).max(1).values >= 0.5).double().mean()) >= 0.4
+    z = glyphs.load_glyphs("test", 16, n=256)[0]
+    err = vae.x0_error_by_t_index(model, schedule, z, (999, 900, 700), generator=torch.Generator().manual_seed(0))
+    assert all(err[t] <= 1.25 * err["mean"] for t in (999, 900, 700)), err
+
+
 def _sr_figures(model, schedule, x, y, labels, seed=0):
     """PSNR, consistency RMS and classifier accuracy of one SR3 sample per input (25 DDIM steps, eta 1)."""
     from minidiff import conditional as C
