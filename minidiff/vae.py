@@ -11,7 +11,7 @@ small (Rombach et al. use a weight of about 1e-6 beside a perceptual loss; here 
 only keeps the latent space from drifting to arbitrary scales, so the latents' spread is whatever the
 encoder learns -- hence the **latent scaling factor**.
 
-Latent scaling factor (Rombach et al. 2022, Sec. 4.3.2 and App. G): a diffusion schedule assumes data of
+Latent scaling factor (Rombach et al. 2022, Sec. 4.3.2, App. D.1 and G): a diffusion schedule assumes data of
 about unit variance -- at ``alpha_bar = 0.5`` half the variance is signal. Latents with standard
 deviation ``s`` see a schedule whose signal-to-noise ratio is ``s^2`` times the intended one everywhere,
 so the noise levels the network is trained and sampled at are not the ones the schedule names.
