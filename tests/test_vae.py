@@ -130,7 +130,13 @@ def test_cli_writes_loadable_files(tmp_path):
                          "--out", str(lat)]) == 0
         model, _, meta = train.load_weights(lat)
         assert type(model).__name__ == cls and meta["info"]["network"] == kind
-        assert meta["info"]["latent_scale"] == codec.scale
+        assert meta["info"]["latent_scale"] == codec.scale and model.config.prediction == "v"
+    pix = tmp_path / "pixel.safetensors"
+    assert vae.main(["train-pixel", "--size", "16", "--steps", "2", "--batch-size", "8", "--snapshots",
+                     str(tmp_path / "snap"), "--save-ema-every", "1", "--out", str(pix)]) == 0
+    model, _, meta = train.load_weights(pix)
+    assert model.config.image_size == 16 and meta["info"]["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["ema_000001.safetensors", "ema_000002.safetensors"]
 
 
 class _Oracle(torch.nn.Module):
