@@ -11,7 +11,7 @@ small (Rombach et al. use a weight of about 1e-6 beside a perceptual loss; here 
 only keeps the latent space from drifting to arbitrary scales, so the latents' spread is whatever the
 encoder learns -- hence the **latent scaling factor**.
 
-Latent scaling factor (Rombach et al. 2022, Sec. 4.3.2 and App. G): a diffusion schedule assumes data of
+Latent scaling factor (Rombach et al. 2022, Sec. 4.3.2, App. D.1 and G): a diffusion schedule assumes data of
 about unit variance -- at ``alpha_bar = 0.5`` half the variance is signal. Latents with standard
 deviation ``s`` see a schedule whose signal-to-noise ratio is ``s^2`` times the intended one everywhere,
 so the noise levels the network is trained and sampled at are not the ones the schedule names.
@@ -27,7 +27,11 @@ CLI (one recorded command per shipped file, see ``minidiff/weights/glyph_vae.jso
 
     python -m minidiff.vae train-vae --steps 800 --batch-size 64 --seed 0 --threads 1 --out glyph_vae.safetensors
     python -m minidiff.vae train-latent --vae glyph_vae.safetensors --model unet --steps 600 --batch-size 32 \
-        --threads 1 --out latent.safetensors
+        --threads 1 --snapshots runs/latent_unet --save-ema-every 100 --out latent.safetensors
+    python -m minidiff.vae train-pixel --size 16 --steps 200 --batch-size 32 --threads 1 --out pixel.safetensors
+
+The latent denoisers predict ``v`` (Salimans & Ho 2022; why: :func:`_latent_model_config`); the pixel-space
+baseline (``train-pixel``) is the same U-Net design on 16x16 glyphs.
 """
 from __future__ import annotations
 
@@ -43,13 +47,14 @@ import torch.nn.functional as F
 from . import _checks as _c
 
 __all__ = ["VAEConfig", "AutoencoderKL", "kl_divergence", "vae_loss", "train_vae", "latent_scale",
-           "LatentCodec", "save_vae", "load_vae", "pca_reconstruction_error", "reconstruction_error",
-           "encode_dataset", "VAE_PATH", "LATENT_UNET_PATH", "LATENT_DIT_PATH", "load_codec", "main"]
+           "LatentCodec", "save_vae", "load_vae", "pca_basis", "pca_reconstruction_error", "reconstruction_error",
+           "encode_dataset", "x0_error_by_t_index", "VAE_PATH", "LATENT_UNET_PATH", "LATENT_DIT_PATH", "PIXEL_UNET_PATH", "load_codec", "main"]
 
 _WEIGHTS = Path(__file__).resolve().parent / "weights"
 VAE_PATH = _WEIGHTS / "glyph_vae.safetensors"
 LATENT_UNET_PATH = _WEIGHTS / "glyph_latent_unet.safetensors"
 LATENT_DIT_PATH = _WEIGHTS / "glyph_latent_dit.safetensors"
+PIXEL_UNET_PATH = _WEIGHTS / "glyph_pixel_unet.safetensors"
 
 
 @dataclass(frozen=True)
@@ -227,16 +232,46 @@ def reconstruction_error(vae: AutoencoderKL, x: torch.Tensor) -> float:
         return float(((vae.decode(encode_dataset(vae, x)) - x) ** 2).mean())
 
 
-def pca_reconstruction_error(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
-    """Mean squared error per pixel of the best rank-``k`` linear code (PCA fitted on ``train``, float64):
-    ``test`` projected on the top ``k`` principal directions and back (Eckart & Young 1936)."""
+def pca_basis(train: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (D,), components (D, k))`` of PCA fitted on ``train (N, ...)`` in float64: the top ``k``
+    right singular vectors of the centred data, the best rank-``k`` linear code (Eckart & Young 1936).
+    Encode ``(x - mean) @ components``, decode ``code @ components.T + mean``."""
     k = _c.check_count(k, "k", high=min(train[0].numel(), train.shape[0]))
     a = train.reshape(train.shape[0], -1).double()
     mu = a.mean(0)
     _, _, vt = torch.linalg.svd(a - mu, full_matrices=False)
-    v = vt[:k].T                                                  # (D, k)
+    return mu, vt[:k].T                                           # (D,), (D, k)
+
+
+def pca_reconstruction_error(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
+    """Mean squared error per pixel of the best rank-``k`` linear code (:func:`pca_basis` fitted on
+    ``train``): ``test`` projected on the top ``k`` principal directions and back."""
+    mu, v = pca_basis(train, k)
     b = test.reshape(test.shape[0], -1).double() - mu
     return float(((b @ v @ v.T - b) ** 2).mean())
+
+
+@torch.no_grad()
+def x0_error_by_t_index(model, schedule, z: torch.Tensor, t_indices, *, generator: torch.Generator) -> dict:
+    """Mean squared error per entry of a denoiser's x0 estimate on clean data ``z (N, ...)`` noised to each
+    ``t_index`` (``x_t = sqrt(ab) z + sqrt(1 - ab) eps``, Ho et al. 2020, eq. 4), with the estimate
+    ``x0_hat`` converted from whatever the model predicts (:func:`minidiff.unet.as_eps_model`, then
+    ``x0 = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)``). Returns ``{t_index: mse}`` plus ``"mean"``: the
+    error of always answering the data mean ``z.mean(0)`` -- a model whose x0 estimate is worse than that
+    at high noise sends DDIM off the data (the first latent U-Net did, see :func:`_latent_model_config`)."""
+    from . import forward
+    from .unet import as_eps_model
+
+    eps_fn = as_eps_model(model, schedule)
+    out = {}
+    for t_index in t_indices:
+        t_index = _c.check_index(t_index, "t_index", schedule.T)
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        x_t = forward.q_sample(z, torch.full((z.shape[0],), t_index), noise, schedule, backend="torch")
+        alpha_bar = schedule.at("alpha_bar", torch.full((z.shape[0],), t_index).numpy(), z)
+        out[t_index] = float(((forward.eps_to_x0(x_t, eps_fn(x_t, t_index), alpha_bar) - z) ** 2).mean())
+    out["mean"] = float(((z - z.mean(0)) ** 2).mean())
+    return out
 
 
 # ---------------------------------------------------------------------------- files
@@ -276,26 +311,79 @@ def load_codec(path=None) -> LatentCodec:
 
 # ---------------------------------------------------------------------------- CLI
 def _latent_model_config(kind: str, latent_shape):
+    """The shipped latent denoisers, matched in parameters (about 0.7 M each), both **v-prediction**
+    (Salimans & Ho 2022, Sec. 4: ``v = sqrt(ab) eps - sqrt(1 - ab) x0``).
+
+    Why not eps: the x0 estimate of an eps-model is ``(x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)``, so an eps
+    error ``delta`` costs ``delta * sqrt((1 - ab) / ab)`` in x0 -- a factor 157 at ``t_index`` 999 of the
+    linear schedule. The first eps-trained latent U-Net (600 steps) had an eps error floor of about 6e-3
+    per entry at ``t_index >= 700`` (the DiT 7e-4): its x0 estimate there was worse than the data mean and
+    DDIM drifted to latents of std 2.7 instead of 1. With v the x0 estimate is
+    ``sqrt(ab) x_t - sqrt(1 - ab) v_hat``: the error is not amplified at high noise."""
     from .dit import DiTConfig
     from .unet import UNetConfig
 
     c, s, _ = latent_shape
     if kind == "unet":
-        return UNetConfig(image_size=s, in_channels=c, base_channels=32, channel_mults=(1, 2), num_res_blocks=1)
+        return UNetConfig(image_size=s, in_channels=c, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                          prediction="v")
     if kind == "dit":
-        return DiTConfig(image_size=s, in_channels=c, patch_size=2, hidden=96, depth=4, heads=4)
+        return DiTConfig(image_size=s, in_channels=c, patch_size=2, hidden=96, depth=4, heads=4, prediction="v")
     raise ValueError(f"model must be 'unet' or 'dit', got {kind!r}")
 
 
-def main(argv=None) -> int:
-    """``python -m minidiff.vae train-vae ...`` / ``train-latent ...`` (see the module docstring)."""
-    import argparse
+def _pixel_model_config(size: int):
+    """The pixel-space baseline: the latent U-Net's design on ``(1, size, size)`` glyphs (same widths, so
+    about the same parameters; ``(size / 8)^2`` times its FLOPs), v-prediction."""
+    from .unet import UNetConfig
+
+    return UNetConfig(image_size=size, in_channels=1, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                      prediction="v")
+
+
+def _train_denoiser(cfg, data, args, **info):
+    """Train ``cfg`` on ``data`` with the course's loop (DDPM objective, linear schedule T = 1000, warm-up
+    100, cosine decay), saving EMA snapshots ``ema_<step>.safetensors`` (with their training time) every
+    ``args.save_ema_every`` steps into ``args.snapshots``, then the EMA weights to ``args.out``."""
     import json
     import time
 
     from . import train as T
-    from .glyphs import load_glyphs
     from .unet import build_model, count_parameters
+
+    torch.manual_seed(args.seed)
+    state = T.TrainState.create(build_model(cfg), lr=args.lr)
+    spec = T.ScheduleSpec("linear", 1000)
+    snap = Path(args.snapshots) if args.snapshots else None
+    if snap is not None:
+        snap.mkdir(parents=True, exist_ok=True)
+    losses, t0 = [], time.perf_counter()
+    for r in T.train_steps(state, data, spec.build(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           seed=args.seed, warmup=100, lr_min_frac=0.05, progress=True):
+        losses.append(r.loss)
+        if snap is not None and args.save_ema_every and r.step % args.save_ema_every == 0:
+            T.save_weights(snap / f"ema_{r.step:06d}.safetensors", state.ema, spec, steps=r.step,
+                           time_s=round(time.perf_counter() - t0, 1))
+    secs = time.perf_counter() - t0
+    tail = losses[-200:]
+    info = dict(seed=args.seed, steps=args.steps, batch_size=args.batch_size, **info, train_wall_s=round(secs, 1),
+                steps_per_s=round(args.steps / secs, 3), final_loss=sum(tail) / len(tail),
+                parameters=count_parameters(state.ema),
+                loss_curve=[round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5) for i in range(0, len(losses), 100)])
+    T.save_weights(args.out, state.ema, spec, **info)
+    print(json.dumps({k: v for k, v in info.items() if k != "loss_curve"}))
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m minidiff.vae train-vae ...`` / ``train-latent ...`` / ``train-pixel ...`` (see the
+    module docstring)."""
+    import argparse
+    import json
+    import time
+
+    from .glyphs import load_glyphs
+    from .unet import count_parameters
 
     p = argparse.ArgumentParser(prog="python -m minidiff.vae")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -307,12 +395,17 @@ def main(argv=None) -> int:
     b = sub.add_parser("train-latent")
     b.add_argument("--vae", default=str(VAE_PATH))
     b.add_argument("--model", choices=("unet", "dit"), default="unet")
-    b.add_argument("--steps", type=int, default=4000)
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--lr", type=float, default=2e-3)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", default="glyph_latent.safetensors")
-    for q in (a, b):
+    c = sub.add_parser("train-pixel")
+    c.add_argument("--size", type=int, choices=(16, 32), default=16)
+    for q in (b, c):
+        q.add_argument("--steps", type=int, default=4000)
+        q.add_argument("--batch-size", type=int, default=128)
+        q.add_argument("--lr", type=float, default=2e-3)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--out", default="glyph_denoiser.safetensors")
+        q.add_argument("--snapshots", default=None, help="folder for EMA snapshots (outside git)")
+        q.add_argument("--save-ema-every", type=int, default=0, help="snapshot every N steps (0: none)")
+    for q in (a, b, c):
         q.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -320,36 +413,25 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.cmd == "train-pixel":
+        return _train_denoiser(_pixel_model_config(args.size), load_glyphs("train", args.size)[0], args,
+                               network="unet", space=f"pixels {args.size}x{args.size}")
     x, _ = load_glyphs("train", 32)
+    if args.cmd == "train-latent":
+        codec = load_codec(args.vae)
+        return _train_denoiser(_latent_model_config(args.model, codec.latent_shape), codec.encode(x), args,
+                               network=args.model, vae=Path(args.vae).name, latent_scale=codec.scale)
     t0 = time.perf_counter()
-    if args.cmd == "train-vae":
-        vae, hist = train_vae(VAEConfig(), x, steps=args.steps, batch_size=args.batch_size, seed=args.seed, progress=True)
-        secs = time.perf_counter() - t0
-        scale = latent_scale(encode_dataset(vae, x))
-        test = load_glyphs("test", 32)[0]
-        rec = reconstruction_error(vae, test)
-        pca = pca_reconstruction_error(x, test, vae.config.latent_dim)
-        info = dict(seed=args.seed, steps=args.steps, train_wall_s=round(secs, 1), test_mse=rec, pca_test_mse=pca,
-                    final_loss=hist[-1][1], parameters=count_parameters(vae))
-        save_vae(args.out, vae, scale, **info)
-        print(json.dumps({"scale": scale, **info}))
-        return 0
-    codec = load_codec(args.vae)
-    z = codec.encode(x)
-    cfg = _latent_model_config(args.model, codec.latent_shape)
-    torch.manual_seed(args.seed)
-    state = T.TrainState.create(build_model(cfg), lr=args.lr)
-    spec = T.ScheduleSpec("linear", 1000)
-    losses = [r.loss for r in T.train_steps(state, z, spec.build(), steps=args.steps, batch_size=args.batch_size,
-                                             lr=args.lr, seed=args.seed, warmup=100, lr_min_frac=0.05, progress=True)]
+    vae, hist = train_vae(VAEConfig(), x, steps=args.steps, batch_size=args.batch_size, seed=args.seed, progress=True)
     secs = time.perf_counter() - t0
-    tail = losses[-200:]
-    info = dict(seed=args.seed, steps=args.steps, network=args.model, vae=Path(args.vae).name, latent_scale=codec.scale,
-                train_wall_s=round(secs, 1), steps_per_s=round(args.steps / secs, 3), final_loss=sum(tail) / len(tail),
-                parameters=count_parameters(state.ema),
-                loss_curve=[round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5) for i in range(0, len(losses), 100)])
-    T.save_weights(args.out, state.ema, spec, **info)
-    print(json.dumps({k: v for k, v in info.items() if k != "loss_curve"}))
+    scale = latent_scale(encode_dataset(vae, x))
+    test = load_glyphs("test", 32)[0]
+    rec = reconstruction_error(vae, test)
+    pca = pca_reconstruction_error(x, test, vae.config.latent_dim)
+    info = dict(seed=args.seed, steps=args.steps, train_wall_s=round(secs, 1), test_mse=rec, pca_test_mse=pca,
+                final_loss=hist[-1][1], parameters=count_parameters(vae))
+    save_vae(args.out, vae, scale, **info)
+    print(json.dumps({"scale": scale, **info}))
     return 0
 
 

@@ -130,4 +130,54 @@ def test_cli_writes_loadable_files(tmp_path):
                          "--out", str(lat)]) == 0
         model, _, meta = train.load_weights(lat)
         assert type(model).__name__ == cls and meta["info"]["network"] == kind
-        assert meta["info"]["latent_scale"] == codec.scale
+        assert meta["info"]["latent_scale"] == codec.scale and model.config.prediction == "v"
+    pix = tmp_path / "pixel.safetensors"
+    assert vae.main(["train-pixel", "--size", "16", "--steps", "2", "--batch-size", "8", "--snapshots",
+                     str(tmp_path / "snap"), "--save-ema-every", "1", "--out", str(pix)]) == 0
+    model, _, meta = train.load_weights(pix)
+    assert model.config.image_size == 16 and meta["info"]["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["ema_000001.safetensors", "ema_000002.safetensors"]
+
+
+class _Oracle(torch.nn.Module):
+    """The exact posterior mean E[x0 | x_t] for data N(m, s^2 I): an x0-predicting "network"."""
+
+    def __init__(self, schedule, m, s, eps_error=0.0):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(prediction="x0", num_classes=0)
+        self.schedule, self.m, self.s, self.eps_error = schedule, m, s, eps_error
+
+    def forward(self, x_t, t_index, y=None):
+        ab = float(self.schedule.alpha_bar[int(t_index[0])])
+        gain = ab ** 0.5 * self.s ** 2 / (ab * self.s ** 2 + 1 - ab)
+        x0 = self.m + gain * (x_t - ab ** 0.5 * self.m)
+        if self.eps_error:  # the same x0 seen through an eps head that is off by a constant delta
+            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5 + self.eps_error
+            x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        return x0
+
+
+def test_x0_error_profile_matches_the_gaussian_posterior_and_shows_the_eps_amplification():
+    """x0_error_by_t_index against closed forms: for data N(m, s^2) the exact posterior mean has error
+    s^2 (1 - ab) / (ab s^2 + 1 - ab); an eps error delta adds delta^2 (1 - ab) / ab (the amplification
+    that sent the first eps-trained latent U-Net off the data)."""
+    schedule = Schedule.linear(T=1000)
+    m, s = 0.5, 0.8
+    z = m + s * torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t_indices = (100, 500, 900, 999)
+    got = vae.x0_error_by_t_index(_Oracle(schedule, m, s), schedule, z, t_indices, generator=torch.Generator().manual_seed(1))
+    for t_index in t_indices:
+        ab = float(schedule.alpha_bar[t_index])
+        assert got[t_index] == pytest.approx(s ** 2 * (1 - ab) / (ab * s ** 2 + 1 - ab), rel=0.05)
+    assert got["mean"] == pytest.approx(s ** 2, rel=0.05)
+    delta = 0.01
+    off = vae.x0_error_by_t_index(_Oracle(schedule, m, s, delta), schedule, z, (900, 999),
+                                  generator=torch.Generator().manual_seed(1))
+    for t_index in (900, 999):
+        ab = float(schedule.alpha_bar[t_index])
+        assert off[t_index] == pytest.approx(got[t_index] + delta ** 2 * (1 - ab) / ab, rel=0.05)
+        assert off[t_index] > got["mean"]          # worse than answering the data mean
+    with pytest.raises(ValueError, match="t_index"):
+        vae.x0_error_by_t_index(_Oracle(schedule, m, s), schedule, z, (1000,), generator=torch.Generator())
