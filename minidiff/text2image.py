@@ -31,7 +31,7 @@ upright regular ``R``, never the two together.
 
 CLI (the shipped ``minidiff/weights/glyph_t2i.safetensors``)::
 
-    python -m minidiff.text2image train --steps 1800 --seed 0 --threads 1 --out minidiff/weights/glyph_t2i.safetensors
+    python -m minidiff.text2image train --steps 3000 --batch-size 32 --seed 0 --threads 1 --out minidiff/weights/glyph_t2i.safetensors
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class TextDiTConfig:
     image_size: int = 16
     in_channels: int = 1
     patch_size: int = 4
-    hidden: int = 96
+    hidden: int = 64
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 4
@@ -483,8 +483,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minidiff.text2image", description="Train the glyph text-to-image model.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--steps", type=int, default=1800)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
