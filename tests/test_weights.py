@@ -283,6 +283,38 @@ def test_glyph_latent_unet_is_documented():
     assert "python -m minidiff.vae train-latent" in info["command"] and info["measured"]
     model, _, meta = load_weights(WEIGHTS / "glyph_latent_unet.safetensors")
     assert meta["info"]["network"] == "unet" and model.config.in_channels == 4
+def _glyph_t2i_adherence():
+    from minidiff import text2image as T
+
+    info = json.loads((WEIGHTS / "glyph_t2i.json").read_text())
+    assert (WEIGHTS / "glyph_t2i.safetensors").stat().st_size <= 5 * 1024 * 1024
+    assert "python -m minidiff.text2image train" in info["command"] and info["measured"]
+    model, schedule = T.load_text2image()
+    with torch.inference_mode():
+        return T.evaluate(model, schedule, guidance_scale=info["guidance_scale"], n_steps=20, n_held=1)
+
+
+def test_glyph_t2i_follows_the_requested_weight():
+    """The shipped text-to-image model (issue 19, notebook 14): one prompt per character (62, random faces,
+    held-out combinations excluded), 20 DDIM steps at the recorded guidance scale: the glyph classifier reads
+    the requested weight (regular / bold) with a Wilson 95 % interval wholly above that of the null-caption
+    (unguided) samples scored against the same requests."""
+    res = _glyph_t2i_adherence()
+    guided, null = res["guided"]["weight"], res["null"]["weight"]
+    assert guided.low > null.high, (str(guided), str(null))
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped 3000-step CPU run does not yet follow the requested character "
+                                       "(glyph_t2i.json records 0.048 [0.017, 0.133] at w = 2, chance 0.016): "
+                                       "issue 19's character bar is open; strict, so it reports when a better run lands")
+def test_glyph_t2i_follows_the_requested_character():
+    """Issue 19's bar: requested-character accuracy with its Wilson interval wholly above chance (1/62) and
+    above the null caption's, same setting as the weight test."""
+    res = _glyph_t2i_adherence()
+    guided, null = res["guided"]["char"], res["null"]["char"]
+    assert guided.low > 1 / 62 and guided.low > null.high, (str(guided), str(null))
+
+
 def _sr_figures(model, schedule, x, y, labels, seed=0):
     """PSNR, consistency RMS and classifier accuracy of one SR3 sample per input (25 DDIM steps, eta 1)."""
     from minidiff import conditional as C
