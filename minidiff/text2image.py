@@ -31,7 +31,7 @@ upright regular ``R``, never the two together.
 
 CLI (the shipped ``minidiff/weights/glyph_t2i.safetensors``)::
 
-    python -m minidiff.text2image train --steps 3000 --batch-size 32 --seed 0 --threads 1 --out minidiff/weights/glyph_t2i.safetensors
+    python -m minidiff.text2image train --steps 4000 --batch-size 32 --seed 0 --threads 1 --out minidiff/weights/glyph_t2i.safetensors
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from .unet import _TimeLabelEmbedding, _check_prediction, _t_index
 
 __all__ = ["VOCAB", "MAX_TOKENS", "HELD_OUT", "tokenize", "detokenize", "null_tokens", "TextDiTConfig",
            "TextEncoder", "CrossAttention", "TextDiT", "caption_eps_model", "sample_from_captions",
-           "cross_attention_maps", "training_set", "prompts", "Proportion", "adherence", "evaluate", "is_held_out", "train_text2image", "load_text2image",
+           "cross_attention_maps", "caption_losses", "training_set", "prompts", "Proportion", "adherence", "evaluate", "is_held_out", "train_text2image", "load_text2image",
            "T2I_WEIGHTS"]
 
 PAD, CLS = "<pad>", "<cls>"
@@ -247,6 +247,7 @@ class TextDiT(nn.Module):
         self.register_buffer("pos", sincos_position_embedding(c.hidden, c.grid), persistent=False)
         self.time = _TimeLabelEmbedding(c.hidden, c.hidden, 0)
         self.pooled = nn.Linear(c.hidden, c.hidden)
+        self.words = nn.Embedding(c.vocab_size, c.hidden)   # bag of words -> adaLN (class-style conditioning)
         self.blocks = nn.ModuleList([TextDiTBlock(c.hidden, c.heads, c.mlp_ratio) for _ in range(c.depth)])
         self.final = _FinalLayer(c.hidden, patch_dim)
 
@@ -260,12 +261,21 @@ class TextDiT(nn.Module):
             raise ValueError(f"y must hold one caption per sample ({x.shape[0]}), got {y.shape[0]}")
         return y.to(x.device)
 
+    def bag_of_words(self, tokens) -> torch.Tensor:
+        """``(B, D)``: the sum of the caption's word embeddings (``<cls>`` and ``<pad>`` excluded; the null
+        caption gives 0), added to the adaLN conditioning as a class embedding is (Peebles & Xie 2023,
+        Sec. 3.2): each attribute word, the character included, reaches every block's scale and shift
+        directly, while cross-attention carries the rest."""
+        words = (tokens != _ID[PAD]) & (tokens != _ID[CLS])                 # (B, L)
+        return (self.words(tokens) * words[..., None]).sum(1)
+
     def forward(self, x, t_index, y=None):
         c = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
             raise ValueError(f"x must be (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}")
-        context, mask, pooled = self.text(self.tokens_for(y, x))              # (B, L, D), (B, L), (B, D)
-        cond = self.time(_t_index(t_index, x), None) + self.pooled(pooled)    # (B, D)
+        tokens = self.tokens_for(y, x)                                        # (B, L)
+        context, mask, pooled = self.text(tokens)                             # (B, L, D), (B, L), (B, D)
+        cond = self.time(_t_index(t_index, x), None) + self.pooled(pooled) + self.bag_of_words(tokens)  # (B, D)
         h = self.embed(patchify(x, c.patch_size)) + self.pos                  # (B, N, D)
         for block in self.blocks:
             h = block(h, cond, context, mask)
@@ -464,6 +474,25 @@ def evaluate(model: TextDiT, schedule, *, n_per_char: int = 1, guidance_scale: f
     return {"guided": adherence(guided, want), "null": adherence(null, want), "held_out": adherence(held, held_want)}
 
 
+@torch.no_grad()
+def caption_losses(model: TextDiT, schedule, x, tokens, *, seed: int = 1) -> dict:
+    """Whether the conditioning is used: the DDPM loss (Ho et al. 2020, eq. 14; :func:`minidiff.train.diffusion_loss`)
+    of ``model`` on images ``x`` with their own captions ``tokens`` (``"caption"``), with the null caption
+    (``"null"``) and with the captions shuffled across images (``"shuffled"``), all on the same ``t_index``
+    and noise (torch generator ``seed``). Equal losses mean the caption is ignored."""
+    from .train import diffusion_loss
+
+    tokens = _check_tokens(tokens, "tokens", model.config.max_tokens)
+    if tokens.shape[0] != x.shape[0]:
+        raise ValueError(f"tokens must hold one caption per image ({x.shape[0]}), got {tokens.shape[0]}")
+    g = torch.Generator().manual_seed(_c.check_count(seed, "seed", low=0))
+    t_index = torch.randint(0, schedule.T, (x.shape[0],), generator=g)                        # (B,)
+    noise = torch.randn(x.shape, generator=g)                                                   # (B, C, H, W)
+    perm = torch.randperm(x.shape[0], generator=g)
+    return {name: float(diffusion_loss(model, x, schedule, t_index, noise, y))
+            for name, y in (("caption", tokens), ("null", None), ("shuffled", tokens[perm]))}
+
+
 T2I_WEIGHTS = "glyph_t2i"
 
 
@@ -483,7 +512,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minidiff.text2image", description="Train the glyph text-to-image model.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)

@@ -111,6 +111,42 @@ def test_null_caption_is_the_unconditional_path_and_captions_matter():
     assert (cond - m(x, t, None)).abs().max() > 1e-3
 
 
+def test_every_caption_word_reaches_the_adaln_conditioning():
+    """Issue 19's defect: with the <cls> output as the only global path, "capital R" and "capital A" gave
+    nearly the same conditioning vector. The bag of words is the float64 sum of the word embeddings
+    (<cls> and <pad> excluded, the null caption exactly 0), so two captions that differ only in the
+    character differ by exactly that character's embedding difference."""
+    m = _tiny()
+    tok = T.tokenize(["bold serif capital R", "bold serif capital A", ""])
+    E = m.words.weight.detach().double()
+    ref = torch.stack([sum(E[int(i)] for i in row if int(i) not in (0, 1)) if (row > 1).any()
+                       else torch.zeros(E.shape[1], dtype=torch.float64) for row in tok])
+    with torch.no_grad():
+        bag = m.bag_of_words(tok).double()
+    torch.testing.assert_close(bag, ref, atol=1e-5, rtol=1e-5)
+    assert (bag[2] == 0).all()
+    R, A = T.VOCAB.index("R"), T.VOCAB.index("A")
+    torch.testing.assert_close(bag[0] - bag[1], E[R] - E[A], atol=1e-5, rtol=1e-5)
+
+
+def test_caption_losses_see_whether_the_caption_is_used():
+    m, s = _tiny(), Schedule.linear(T=1000)
+    x = _x(6)
+    tok = T.tokenize(["bold serif capital R", "stix digit 3", "monospace capital Q"] * 2)
+    out = T.caption_losses(m, s, x, tok, seed=3)
+    assert set(out) == {"caption", "null", "shuffled"} and all(math.isfinite(v) for v in out.values())
+    assert out == T.caption_losses(m, s, x, tok, seed=3) and out["caption"] != out["null"]
+    with torch.no_grad():  # the null entry is the unconditional model's loss on the same draws
+        g = torch.Generator().manual_seed(3)
+        t = torch.randint(0, 1000, (6,), generator=g)
+        noise = torch.randn(x.shape, generator=g)
+        ab = torch.tensor(s.alpha_bar, dtype=torch.float64)[t].float().view(-1, 1, 1, 1)
+        ref = float(((m(ab.sqrt() * x + (1 - ab).sqrt() * noise, t, None) - noise) ** 2).mean())
+    assert abs(out["null"] - ref) < 1e-5
+    with pytest.raises(ValueError, match="one caption per image"):
+        T.caption_losses(m, s, x, tok[:2])
+
+
 def test_guidance_zero_is_conditional_and_w_mixes_eps():
     m, x, s = _tiny(), _x(), Schedule.linear(T=1000)
     tok = T.tokenize(["italic stix lowercase g", "stix digit 3", "monospace capital Q"])
