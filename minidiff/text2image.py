@@ -13,8 +13,10 @@ classifier (:mod:`minidiff.metrics.glyphs`) reads back the character, weight, sl
   cross-attention sub-layer from the image tokens (queries) to the caption tokens (keys and values), as
   latent diffusion conditions on text (Rombach et al. 2022, Sec. 3.3, eq. 3):
   ``Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V`` with ``Q = W_Q h``, ``K = W_K tau(y)``,
-  ``V = W_V tau(y)``; the ``<cls>`` output (a summary of the caption) is also added to the time embedding
-  that drives adaLN-Zero. Its output projection starts at zero, so each block starts as the identity.
+  ``V = W_V tau(y)``; the ``<cls>`` output (a summary of the caption) and the bag of the caption's word
+  embeddings (:meth:`TextDiT.bag_of_words`, the way a class label enters a DiT) are also added to the time
+  embedding that drives adaLN-Zero. Without the bag of words the shipped model ignored the character
+  (issue 19; :func:`caption_losses` and ``glyph_t2i.json`` record the diagnosis). The cross-attention output projection starts at zero, so each block starts as the identity.
   Registered as model kind ``"text_dit"`` (:func:`minidiff.unet.build_model`, ``config_to_dict``,
   ``config_from_dict``, :func:`minidiff.train.save_weights` / ``load_weights``); ``model(x, t_index, y)``
   takes ``y`` = caption tokens ``(B, L)`` (``None``: the null caption).
