@@ -62,7 +62,7 @@ test: install
 # the end. The stages one by one: test-unit, test-browser, test-notebooks.
 test-all: install
 	MINIDIFF_FAST=1 $(ONE_THREAD) $(PY) -m pytest tests notebooks/ $(NBVAL_FLAGS) -q -n $(NB_WORKERS) \
-	  --dist loadscope --no-loadscope-reorder
+	  --dist loadscope --no-loadscope-reorder --durations=30
 
 # Unit tests two at a time (one thread each, like the notebooks).
 test-unit: install
