@@ -114,21 +114,27 @@ def execute(paths: list[Path], *, store_widget_state: bool, jobs: int = 1) -> No
     write()
 
 
-def _set_header(path: Path, entry: dict) -> bool:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
+def _put_line(nb, path: Path, pattern: re.Pattern, line: str) -> bool:
+    """Put ``line`` in the first cell of ``nb`` (replacing the match of ``pattern``, else appended) and write
+    ``nb`` to ``path``; False when the cell already says it."""
     first = nb.cells[0]
-    line = header_line(entry)
-    if RUNTIME_LINE.search(first.source):
-        new = RUNTIME_LINE.sub(lambda _: line, first.source, count=1)
+    if pattern.search(first.source):
+        new = pattern.sub(lambda _: line, first.source, count=1)
     else:
         new = first.source.rstrip("\n") + "\n\n" + line
     if new == first.source:
         return False
     first.source = new
+    import nbformat
+
     nbformat.write(nb, path)
     return True
+
+
+def _set_header(path: Path, entry: dict) -> bool:
+    import nbformat
+
+    return _put_line(nbformat.read(path, as_version=4), path, RUNTIME_LINE, header_line(entry))
 
 
 def player_note(path: Path) -> str:
@@ -150,18 +156,7 @@ def _set_player_note(path: Path) -> bool:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    if not has_player(nb):
-        return False
-    first, line = nb.cells[0], player_note(path)
-    if PLAYER_NOTE_LINE.search(first.source):
-        new = PLAYER_NOTE_LINE.sub(lambda _: line, first.source, count=1)
-    else:
-        new = first.source.rstrip("\n") + "\n\n" + line
-    if new == first.source:
-        return False
-    first.source = new
-    nbformat.write(nb, path)
-    return True
+    return has_player(nb) and _put_line(nb, path, PLAYER_NOTE_LINE, player_note(path))
 
 
 def write_player_notes(paths: list[Path] | None = None) -> None:
