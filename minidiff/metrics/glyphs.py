@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .classifier import load_frozen, parameters_digest
-from .estimate import Estimate, _check_count
-from .quality import QualityReport, frechet_distance, kid, precision_recall
+from .estimate import _check_count
+from .quality import QualityReport, quality_report
 
 __all__ = ["GlyphClassifier", "GLYPH_CLASSIFIER_PATH", "GLYPH_HEADS", "train_glyph_classifier",
            "save_glyph_classifier", "load_glyph_classifier", "glyph_logits", "classify_glyphs",
@@ -221,13 +221,7 @@ def glyph_quality(samples, *, seed: int = 0, classifier=None, k: int = 3, n_test
     train = load_glyphs("train", size)[0]
     pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:min(n, train.shape[0])]
     floor_feats = glyph_features(train[pick], classifier)  # only the n floor images go through the network
-    precision, recall = precision_recall(test, feats, k=k)
-    floor_precision, floor_recall = precision_recall(test, floor_feats, k=k)
-    floor = kid(floor_feats, test)
-    return QualityReport(kid=kid(feats, test), floor=Estimate("KID floor", floor.value, floor.se, floor.n),
-                         precision=precision, recall=recall, fd=frechet_distance(feats, test),
-                         fd_floor=frechet_distance(floor_feats, test), n=n,
-                         floor_precision=floor_precision, floor_recall=floor_recall)
+    return quality_report(feats, floor_feats, test, k=k)
 
 
 def main(argv=None) -> int:

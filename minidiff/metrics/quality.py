@@ -243,6 +243,19 @@ class QualityReport:
                 f"{pr_floor}; FD-digits {self.fd:.3g} (floor {self.fd_floor:.3g}); n = {self.n}")
 
 
+def quality_report(feats, floor_feats, test, *, k: int = 3) -> QualityReport:
+    """The :class:`QualityReport` of sample features ``feats`` and real-floor features ``floor_feats`` against
+    reference features ``test``: KID (and the floor's), precision/recall at ``k`` and Fréchet distances. The
+    one assembly behind :func:`digits_quality` and :func:`~minidiff.metrics.glyph_quality`."""
+    precision, recall = precision_recall(test, feats, k=k)
+    floor_precision, floor_recall = precision_recall(test, floor_feats, k=k)
+    floor = kid(floor_feats, test)
+    return QualityReport(kid=kid(feats, test), floor=Estimate("KID floor", floor.value, floor.se, floor.n),
+                         precision=precision, recall=recall, fd=frechet_distance(feats, test),
+                         fd_floor=frechet_distance(floor_feats, test), n=feats.shape[0],
+                         floor_precision=floor_precision, floor_recall=floor_recall)
+
+
 def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> QualityReport:
     """Sample quality of digits ``samples (n, 1, 8, 8)`` in ``[-1, 1]`` in the classifier's feature
     space (:func:`classifier_features`): :func:`kid` against the 359 test digits, the floor
@@ -255,13 +268,7 @@ def digits_quality(samples, *, seed: int = 0, classifier=None, k: int = 3) -> Qu
     n = feats.shape[0]
     test = _reference_features(classifier, "test")
     floor_feats = _floor_features(n, classifier, seed)
-    precision, recall = precision_recall(test, feats, k=k)
-    floor_precision, floor_recall = precision_recall(test, floor_feats, k=k)
-    floor = kid(floor_feats, test)
-    return QualityReport(kid=kid(feats, test), floor=Estimate("KID floor", floor.value, floor.se, floor.n),
-                         precision=precision, recall=recall, fd=frechet_distance(feats, test),
-                         fd_floor=frechet_distance(floor_feats, test), n=n,
-                         floor_precision=floor_precision, floor_recall=floor_recall)
+    return quality_report(feats, floor_feats, test, k=k)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
