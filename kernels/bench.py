@@ -375,6 +375,52 @@ def overhead_rows(repeat: int) -> list[str]:
     return lines
 
 
+def fused_rows(repeat: int) -> list[str]:
+    """The compiled kernel alone at the course's sizes (serial, this thread's CPU time), before and after
+    two changes in one run: per-sample ``(B, n)`` rows (the kernel makes views for every short row) against
+    the rows fused into one ``(1, B n)`` range (what the backend passes when every sample gets the same
+    coefficients and no Philox counter is needed); and DDIM eta=0 reading an array of zeros against
+    ``z = None`` (no noise read). Results are bitwise equal (tests/test_kernels.py)."""
+    from minidiff.kernels import cpu
+    from minidiff.kernels.formulas import NOISE_GIVEN, NOISE_NONE, ddim_coefficients, ddpm_coefficients
+
+    inv_sa, s1, cx0, cx, std = ddpm_coefficients(S.alpha_bar[T_MID], S.alpha_bar_prev[T_MID], S.betas[T_MID],
+                                                 S.alphas[T_MID], S.posterior_variance[T_MID])
+    sa, inv_sa2, s12, inv_s1, sap, cdir, ddim_sigma = ddim_coefficients(S.alpha_bar[T_MID], float(S.alpha_bar[T_MID - 20]), 0.0)
+    lines = ["| kernel alone (us, thread CPU time) | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
+    rows: dict = {}
+    for n in (16, 200, 2000):
+        x, e, z = (np.random.default_rng(i).standard_normal((n, 64)).astype(np.float32) for i in range(3))
+        zeros = np.zeros_like(x)
+        inner = 200 if n < 2000 else 50
+
+        def ddpm(shape, noise):
+            a = [v.reshape(shape) for v in (x, e, noise)]
+            o = [np.empty(shape, np.float32) for _ in range(2)]
+            return lambda: cpu.run("ddpm", a + [inv_sa, s1, math.inf, cx0, cx, std, NOISE_GIVEN, 0, 0, 0] + o,
+                                   x.size, False)
+
+        def ddim(shape, mode):
+            a = [v.reshape(shape) for v in (x, e, zeros if mode == NOISE_GIVEN else x)]
+            o = [np.empty(shape, np.float32) for _ in range(2)]
+            return lambda: cpu.run("ddim", a + [sa, inv_sa2, s12, inv_s1, math.inf, False, sap, cdir, ddim_sigma,
+                                                mode, 0, 0, 0] + o, x.size, False)
+
+        cases = {"DDPM step, noise given: per-sample rows (before)": ddpm((n, 64), z),
+                 "DDPM step, noise given: fused rows (now)": ddpm((1, n * 64), z),
+                 "DDIM eta=0: per-sample rows, zero noise array (before)": ddim((n, 64), NOISE_GIVEN),
+                 "DDIM eta=0: fused rows, no noise read (now)": ddim((1, n * 64), NOISE_NONE)}
+        t = {k: _time(f, repeat, inner=inner, clock=time.thread_time) for k, f in cases.items()}
+        for k, v in t.items():
+            rows.setdefault(k, []).append(f"{v * 1e6:.1f}")
+        keys = list(t)
+        rows.setdefault("DDPM: x before", []).append(f"{t[keys[0]] / t[keys[1]]:.2f}")
+        rows.setdefault("DDIM eta=0: x before", []).append(f"{t[keys[2]] / t[keys[3]]:.2f}")
+    for k, v in rows.items():
+        lines.append(f"| {k} | " + " | ".join(v) + " |")
+    return lines
+
+
 def step_breakdown(repeat: int) -> list[str]:
     """One DDPM sampling step of 200 digits with the shipped U-Net: network forward vs the fused
     update vs the sampler's Python around them (from a whole ``samplers.ddpm`` step)."""
@@ -531,6 +577,7 @@ def main(argv=None):
         if a.course:
             print("\n".join(course_rows(repeat)) + "\n", flush=True)
             print("\n".join(overhead_rows(repeat)) + "\n", flush=True)
+            print("\n".join(fused_rows(repeat)) + "\n", flush=True)
             print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
         if a.trajectories:
             lines = trajectory_rows(a.trajectories, repeat, a.only)

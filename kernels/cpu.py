@@ -150,13 +150,13 @@ def fill_normals(k0, k1, g0, b, step, m, scr):
 
 
 @njit(cache=True)
-def noise_row(mode, k0, k1, g0, b, step, m, scr):
-    """Float64 noise for a row piece that is not given: Philox normals, or zeros (NOISE_NONE)."""
-    if mode == NOISE_PHILOX:
-        return fill_normals(k0, k1, g0, b, step, m, scr)
-    z = scr[4][:m]
-    z[:] = 0.0
-    return z
+def noise_at(z, i):
+    """Element ``i`` of a row piece's noise ``z``; ``z = None`` (NOISE_NONE) is the formula with ``z = 0``,
+    read from no memory (numba prunes the branch for a ``None`` argument, so each row function compiles
+    once with noise and once without)."""
+    if z is None:
+        return 0.0
+    return z[i]
 
 
 @_kernel
@@ -189,8 +189,8 @@ def philox_block(c0, c1, c2, c3, k0, k1):
 # ``(*arrays, [noise], *coefficients, [mode, k0, k1, step], *outputs)`` as the backend passes them; the
 # skeleton reads them as one tuple and ``ROW(b, i0, i1, z, args)`` unpacks what its formula needs.
 # Noise, the same on both targets: ``NOISE_GIVEN`` reads the noise array, ``NOISE_PHILOX`` draws it
-# (:func:`fill_normals`), ``NOISE_NONE`` is zeros; kernels without noise use :func:`_skeleton_no_noise`
-# (``ROW(b, i0, i1, args)``).
+# (:func:`fill_normals`), ``NOISE_NONE`` passes ``z = None``, which :func:`noise_at` reads as zeros (no
+# scratch filled, no memory read); kernels without noise use :func:`_skeleton_no_noise` (``ROW(b, i0, i1, args)``).
 def _skeleton(*args):
     CHECK(args)
     out, noise = args[OUT_AT], args[NOISE_AT]
@@ -199,12 +199,14 @@ def _skeleton(*args):
     ntask, per_row, rows = _tasks(B, n)
     for task in prange(ntask):
         b0, b1, i0, i1 = _bounds(task, B, n, per_row, rows)
-        scr = scratch(0 if mode == NOISE_GIVEN else i1 - i0)
+        scr = scratch(i1 - i0 if mode == NOISE_PHILOX else 0)
         for b in range(b0, b1):
             if mode == NOISE_GIVEN:
                 ROW(b, i0, i1, noise[b, i0:i1], args)
+            elif mode == NOISE_PHILOX:
+                ROW(b, i0, i1, fill_normals(k0, k1, i0 // 4, b, step, i1 - i0, scr), args)
             else:
-                ROW(b, i0, i1, noise_row(mode, k0, k1, i0 // 4, b, step, i1 - i0, scr), args)
+                ROW(b, i0, i1, None, args)
 
 
 def _skeleton_no_noise(*args):
@@ -253,7 +255,7 @@ def _q_sample_row(b, i0, i1, z, args):
         return
     a, s = sqrt_ab[ti], sqrt_1mab[ti]
     for i in range(orow.shape[0]):
-        orow[i] = q_sample_elem(xr[i], z[i], a, s)
+        orow[i] = q_sample_elem(xr[i], noise_at(z, i), a, s)
 
 
 q_sample = instantiate(_q_sample_row, _q_sample_check, "q_sample", noise_at=1, out_at=9)
@@ -292,7 +294,7 @@ def _ddpm_row(b, i0, i1, z, args):
     x, eps, _, inv_sa, s1, c, cx0, cx, std, _, _, _, _, out, x0_out = args
     xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
     for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], z[i], inv_sa, s1, c, cx0, cx, std)
+        orow[i], x0row[i] = ddpm_elem(xr[i], er[i], noise_at(z, i), inv_sa, s1, c, cx0, cx, std)
 
 
 @njit(cache=True)
@@ -301,7 +303,7 @@ def _ddim_row(b, i0, i1, z, args):
     x, eps, _, sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir, ddim_sigma, _, _, _, _, out, x0_out = args
     xr, er, orow, x0row = x[b, i0:i1], eps[b, i0:i1], out[b, i0:i1], x0_out[b, i0:i1]
     for i in range(orow.shape[0]):
-        orow[i], x0row[i] = ddim_elem(xr[i], er[i], z[i], sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
+        orow[i], x0row[i] = ddim_elem(xr[i], er[i], noise_at(z, i), sa, inv_sa, s1, inv_s1, c, recompute_eps, sap, cdir,
                                       ddim_sigma)
 
 
@@ -312,7 +314,7 @@ def _em_row(b, i0, i1, z, args):
     x, score, _, cx, cs, cz, _, _, _, _, out = args
     xr, sr, orow = x[b, i0:i1], score[b, i0:i1], out[b, i0:i1]
     for i in range(orow.shape[0]):
-        orow[i] = em_elem(xr[i], sr[i], z[i], cx, cs, cz)
+        orow[i] = em_elem(xr[i], sr[i], noise_at(z, i), cx, cs, cz)
 
 
 @njit(cache=True)

@@ -246,6 +246,8 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
     host = [_host_rows(a, space_dims) if isinstance(a, torch.Tensor) else a for a in args]
+    if name in _UNIFORM and not draws_noise:  # rows fused, as in :func:`_update_host`
+        host = [a.reshape(1, -1) if isinstance(a, np.ndarray) else a for a in host]
     _cpu_kernels().run(name, host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
 
 
@@ -474,7 +476,9 @@ def _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, n_out, nu
             args = [_host_rows(t, space_dims) for t in ts]
             outs = [_np_rows(o, space_dims) for o in fresh]
         else:
-            b = shape[0]
+            # Rows fused into one when every sample gets the same coefficients and no per-sample Philox
+            # counter is needed: the kernel then walks one contiguous range (no views per short row).
+            b = 1 if kernel in _UNIFORM and mode != _NOISE_PHILOX else shape[0]
             args = []
             for t in ts:
                 args.append((t if t.is_contiguous() else t.contiguous()).numpy().reshape(b, -1))
@@ -490,6 +494,9 @@ def _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, n_out, nu
     if numpy_in:
         return fresh[0] if n_out == 1 else fresh
     return torch.from_numpy(fresh[0]) if n_out == 1 else (torch.from_numpy(fresh[0]), torch.from_numpy(fresh[1]))
+
+
+_UNIFORM = frozenset(("ddpm", "ddim", "em", "heun"))  # kernels whose coefficients are the same for every sample
 
 
 _COEFS: dict = {}  # id(schedule) -> (weak reference to it, {key: coefficients}): the tables are read-only

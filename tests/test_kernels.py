@@ -226,3 +226,58 @@ def test_elementwise_kernels_are_one_skeleton_and_load_from_the_cache_in_a_fresh
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     misses, hits = (int(v) for v in out.stdout.split())
     assert (misses, hits) == (0, 1), out.stdout
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_out", [False, True])
+def test_fused_rows_and_no_noise_path_are_bitwise_the_per_row_kernel(dtype, use_out):
+    """Updates whose coefficients are the same for every sample run on the rows fused into one range,
+    and "no noise" reads no array (``z = None``): bitwise the kernel on per-sample ``(B, n)`` rows with an
+    explicit zero noise array (the path before both changes), across the task split (rows of 64 and
+    more elements than one task)."""
+    from minidiff.kernels import cpu
+    from minidiff.kernels import formulas as F
+
+    s = Schedule.linear(T=50)
+    rng = np.random.default_rng(3)
+    x, e, z, x2, e2 = (rng.standard_normal((300, 1, 8, 8)).astype(dtype) for _ in range(5))
+    rows = lambda a: a.reshape(a.shape[0], -1)  # noqa: E731
+    zero = np.zeros_like(x)
+
+    def by_rows(name, arrays, coefs, noise=None, n_out=2):
+        outs = [np.empty_like(rows(x)) for _ in range(n_out)]
+        extra = [] if noise is False else [rows(zero if noise is None else noise)]
+        tail = [] if noise is False else [F.NOISE_GIVEN, 0, 0, 0]
+        getattr(cpu, name)(*[rows(a) for a in arrays], *extra, *coefs, *tail, *outs)
+        return [o.reshape(x.shape) for o in outs]
+
+    def call(fn, *args, n_out=2, **kw):
+        if not use_out:
+            got = fn(*args, **kw)
+            return list(got) if n_out == 2 else [got]
+        outs = [np.empty_like(x) for _ in range(n_out)]
+        fn(*args, **kw, out=outs[0], **({"x0_out": outs[1]} if n_out == 2 else {}))
+        return outs
+
+    for eta in (0.0, 1.0):  # eta=0: no noise; eta=1: noise given
+        c = F.ddim_coefficients(s.alpha_bar[30], float(s.alpha_bar[20]), eta)
+        want = by_rows("ddim", [x, e], (*c[:4], 1.0, True, *c[4:]), None if eta == 0 else z)
+        got = call(B.ddim_step, x, e, 30, 20, s, eta=eta, clip_x0=1.0, **({} if eta == 0 else {"noise": z}))
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    for t_index in (0, 30):  # t_index 0: the step adds no noise
+        c = F.ddpm_coefficients(s.alpha_bar[t_index], s.alpha_bar_prev[t_index], s.betas[t_index],
+                                s.alphas[t_index], s.posterior_variance[t_index], add_noise=t_index > 0)
+        want = by_rows("ddpm", [x, e], (*c[:2], np.inf, *c[2:]), z if t_index else None)
+        for g, w in zip(call(B.ddpm_step, x, e, t_index, s, noise=z), want):
+            np.testing.assert_array_equal(g, w)
+    c = F.pf_ode_euler_coefficients(-0.5, 1.3, 0.01)
+    np.testing.assert_array_equal(call(B.pf_ode_euler_step, x, e, drift_coef=-0.5, diffusion=1.3, dt=0.01,
+                                       n_out=1)[0], by_rows("em", [x, e], c, None, n_out=1)[0])
+    c = F.langevin_coefficients(0.1)
+    np.testing.assert_array_equal(call(B.langevin_step, x, e, 0.1, noise=z, n_out=1)[0],
+                                  by_rows("em", [x, e], c, z, n_out=1)[0])
+    c = F.heun_coefficients(-0.5, 1.3, -0.4, 1.2, 0.01)
+    np.testing.assert_array_equal(
+        call(B.pf_ode_heun_step, x, e, x2, e2, drift_coef=-0.5, diffusion=1.3, drift_coef_next=-0.4,
+             diffusion_next=1.2, dt=0.01, n_out=1)[0], by_rows("heun", [x, e, x2, e2], c, False, n_out=1)[0])
