@@ -19,7 +19,9 @@ does: a loop that reuses its buffers then touches no fresh memory. ``out`` may b
 must not partly overlap one; a stencil's ``out`` must not overlap ``u`` at all.
 
 Arrays are viewed as ``(B, n)``: batch first, the other axes flattened (the stencils keep their last
-one or two axes as space). float32 and float64 are supported; inputs are validated before any kernel
+one or two axes as space); on the CPU as one row ``(1, B n)`` when every sample gets the same
+coefficients and no per-sample Philox counter is needed (bitwise the same results, without a view per
+short row). float32 and float64 are supported; inputs are validated before any kernel
 runs and errors name the offending argument. Tensors must live on a CPU or CUDA device (both backends
 refuse others, e.g. ``meta``, naming the argument); numpy arrays with negative strides are copied.
 
@@ -254,11 +256,18 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
 _CPU = None
 
 
-def _formulas():
-    """``minidiff.kernels.formulas`` (numba-free; imported on first use like every kernel module)."""
-    from minidiff.kernels import formulas
+_FORMULAS = None
 
-    return formulas
+
+def _formulas():
+    """``minidiff.kernels.formulas`` (numba-free; imported on first use like every kernel module, then
+    held here: an import statement in a per-step function costs a microsecond a call)."""
+    global _FORMULAS
+    if _FORMULAS is None:
+        from minidiff.kernels import formulas
+
+        _FORMULAS = formulas
+    return _FORMULAS
 
 
 def _cpu_kernels():
@@ -419,6 +428,15 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     launch the kernel or evaluate ``torch_ref(*arrays, z, *coefs)``, and return what the caller asked
     for (numpy in, numpy out; the caller's ``out`` objects when given)."""
     name = _resolve(backend)
+    if name == "numba" and outs[0][1] is None and (len(outs) == 1 or outs[1][1] is None):
+        host = _host_inputs(arrays, noise, seed, needs_noise)
+        if host is not None:  # the course's call, every input already valid: straight to the kernel
+            if noise is not _NO_NOISE:
+                _check_step(seed, step)
+            mode = _NOISE_NONE if noise is _NO_NOISE or not needs_noise else _NOISE_PHILOX if noise is None \
+                else _NOISE_GIVEN
+            return _update_host(kernel, host, noise is not _NO_NOISE, coefs, mode, seed, step, len(outs), False,
+                                space_dims)
     items = iter(arrays.items())
     x_name, given_x = next(items)
     numpy_in = type(given_x) is np.ndarray
@@ -431,7 +449,8 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     if has_noise:
         mode, z, seed = _noise_source(x, noise, seed, step, needed=needs_noise, ref=x_name)
     if name == "numba" and x.is_cpu and outs[0][1] is None and (len(outs) == 1 or outs[1][1] is None):
-        return _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, len(outs), numpy_in, space_dims)
+        host = [(t if t.is_contiguous() else t.contiguous()).numpy() for t in ts + ([z] if z is not None else [])]
+        return _update_host(kernel, host, has_noise, coefs, mode, seed, step, len(outs), numpy_in, space_dims)
     checked, taken, inputs = [], [], None
     for out_name, given in outs:
         if inputs is None:
@@ -461,29 +480,61 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     return results if len(results) > 1 else results[0]
 
 
-def _update_host(kernel, x, ts, z, has_noise, coefs, mode, seed, step, n_out, numpy_in, space_dims):
+def _host_inputs(arrays: dict, noise, seed, needs_noise: bool):
+    """The numpy views of ``arrays`` (and of ``noise`` when it is read) when every one is already what the
+    CPU kernels take -- a contiguous CPU float32/float64 torch tensor with a batch dimension, not requiring
+    grad, all of one shape and dtype -- else None, and :func:`_update` checks (and names) everything the
+    slow way. Only attribute reads: the course's call is checked in about a microsecond."""
+    vals = list(arrays.values())
+    if noise is not _NO_NOISE and needs_noise:
+        if noise is None:
+            if type(seed) is not int:
+                return None  # no seed (an error) or a seed to check: the slow way
+        elif type(noise) is torch.Tensor:
+            vals.append(noise)
+        else:
+            return None
+    x = vals[0]
+    if type(x) is not torch.Tensor:
+        return None
+    dtype, shape = x.dtype, x.shape
+    if not (dtype is torch.float32 or dtype is torch.float64) or not shape:
+        return None
+    host = []
+    for a in vals:
+        if a is None:
+            a = x
+        if (type(a) is not torch.Tensor or a.dtype is not dtype or not a.is_cpu or a.requires_grad
+                or not a.is_contiguous() or a.shape != shape):
+            return None
+        host.append(a.numpy())
+    return host
+
+
+def _update_host(kernel, host, has_noise, coefs, mode, seed, step, n_out, numpy_in, space_dims):
     """:func:`_update` for the CPU kernels with fresh outputs (the course's call): everything is already
-    checked, so this is straight-line work -- numpy views (``.numpy()`` is zero-copy), outputs from
-    ``np.empty`` (see :func:`_empty`), the kernel (or its serial twin, :func:`minidiff.kernels.cpu.run`)
-    and the results wrapped once (kernels/BENCHMARKS.md has the per-call cost)."""
-    shape, size = x.shape, x.numel()
-    dtype = _NP_DTYPES[x.dtype]
+    checked and ``host`` holds the contiguous numpy views of the arrays (the noise array last when one is
+    read), so this is straight-line work -- outputs from ``np.empty`` (see :func:`_empty`), the kernel (or
+    its serial twin, :func:`minidiff.kernels.cpu.run`) and the results wrapped once (kernels/BENCHMARKS.md
+    has the per-call cost)."""
+    x = host[0]
+    shape, size, dtype = x.shape, x.size, x.dtype
     fresh = (np.empty(shape, dtype),) if n_out == 1 else (np.empty(shape, dtype), np.empty(shape, dtype))
     if size:
-        if has_noise and z is not None:
-            ts = ts + [z]
         if space_dims:
-            args = [_host_rows(t, space_dims) for t in ts]
+            args = [_np_rows(a, space_dims) for a in host]
             outs = [_np_rows(o, space_dims) for o in fresh]
         else:
             # Rows fused into one when every sample gets the same coefficients and no per-sample Philox
             # counter is needed: the kernel then walks one contiguous range (no views per short row).
-            b = 1 if kernel in _UNIFORM and mode != _NOISE_PHILOX else shape[0]
-            args = []
-            for t in ts:
-                args.append((t if t.is_contiguous() else t.contiguous()).numpy().reshape(b, -1))
-            outs = [o.reshape(b, -1) for o in fresh] if n_out > 1 else [fresh[0].reshape(b, -1)]
-        if has_noise and z is None:
+            rows = (1, size) if kernel in _UNIFORM and mode != _NOISE_PHILOX else (shape[0], size // shape[0])
+            if kernel == "q_sample" and mode != _NOISE_PHILOX and rows[0] >= 64:
+                t = coefs[0]  # per-sample t_index: one row when every sample has the same one
+                if t[0] == t[-1] and (t == t[0]).all():
+                    rows, coefs = (1, size), (t[:1],) + tuple(coefs[1:])
+            args = [a.reshape(rows) for a in host]
+            outs = [o.reshape(rows) for o in fresh]
+        if has_noise and mode != _NOISE_GIVEN:
             args.append(args[0])  # no noise array: the kernel ignores this one (mode NOISE_NONE / PHILOX)
         args += coefs
         if has_noise:
@@ -630,11 +681,9 @@ def _em(x, score, coefs, noise, seed, step, needed, backend, out):
 
 def langevin_step(x, score, step_size: float, *, noise=None, seed=None, step=0, out=None, backend=None):
     """``x + (step_size/2) score + sqrt(step_size) z`` (Song & Ermon 2019, Alg. 1)."""
-    from minidiff.kernels.formulas import langevin_coefficients
-
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
-    return _em(x, score, langevin_coefficients(step_size), noise, seed, step, True, backend, out)
+    return _em(x, score, _formulas().langevin_coefficients(step_size), noise, seed, step, True, backend, out)
 
 
 def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float, noise=None,
@@ -642,19 +691,17 @@ def reverse_sde_step(x, score, *, drift_coef: float, diffusion: float, dt: float
     """Euler-Maruyama step of the reverse SDE ``dx = [f - g^2 score] dt + g dw`` from ``t`` to ``t - dt``
     (Anderson 1982; Song et al. 2021a, eq. 6), with linear drift ``f(x, t) = drift_coef * x``:
     ``x - (drift_coef x - g^2 score) dt + g sqrt(dt) z``."""
-    from minidiff.kernels.formulas import reverse_sde_coefficients
-
     if not dt >= 0:
         raise ValueError(f"dt must be >= 0, got {dt}")
-    return _em(x, score, reverse_sde_coefficients(drift_coef, diffusion, dt), noise, seed, step, True, backend, out)
+    coefs = _formulas().reverse_sde_coefficients(drift_coef, diffusion, dt)
+    return _em(x, score, coefs, noise, seed, step, True, backend, out)
 
 
 def pf_ode_euler_step(x, score, *, drift_coef: float, diffusion: float, dt: float, out=None, backend=None):
     """Euler step of the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from ``t`` to ``t - dt``
     (Song et al. 2021a, eq. 13)."""
-    from minidiff.kernels.formulas import pf_ode_euler_coefficients
-
-    return _em(x, score, pf_ode_euler_coefficients(drift_coef, diffusion, dt), None, None, 0, False, backend, out)
+    coefs = _formulas().pf_ode_euler_coefficients(drift_coef, diffusion, dt)
+    return _em(x, score, coefs, None, None, 0, False, backend, out)
 
 
 def _heun_torch(x, score, x_euler, score_euler, cx, cs, cxe, cse):
@@ -666,9 +713,7 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
                      drift_coef_next: float, diffusion_next: float, dt: float, out=None, backend=None):
     """Heun (trapezoidal) correction for the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 9-11):
     ``x - dt/2 (d(x, t) + d(x_euler, t - dt))`` with ``d = f - g^2 score / 2``."""
-    from minidiff.kernels.formulas import heun_coefficients
-
-    coefs = heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
+    coefs = _formulas().heun_coefficients(drift_coef, diffusion, drift_coef_next, diffusion_next, dt)
     return _update("heun", backend, {"x": x, "score": score, "x_euler": x_euler, "score_euler": score_euler},
                    coefs, _heun_torch, outs=(("out", out),))
 
@@ -753,11 +798,9 @@ def walker_step(x, D: float, dt: float, *, drift_coef: float = 0.0, noise=None, 
                 out=None, backend=None):
     """Brownian walkers (Ornstein-Uhlenbeck when ``drift_coef != 0``), Euler-Maruyama:
     ``x + drift_coef x dt + sqrt(2 D dt) z``. ``x``: ``(n_walkers, d)``."""
-    from minidiff.kernels.formulas import walker_coefficients
-
     if not (D >= 0 and dt >= 0):
         raise ValueError(f"D and dt must be >= 0, got D={D}, dt={dt}")
-    return _em(x, None, walker_coefficients(D, dt, drift_coef), noise, seed, step, True, backend, out)
+    return _em(x, None, _formulas().walker_coefficients(D, dt, drift_coef), noise, seed, step, True, backend, out)
 
 
 # ============================================================================ categorical draws (discrete diffusion)

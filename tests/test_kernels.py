@@ -271,6 +271,10 @@ def test_fused_rows_and_no_noise_path_are_bitwise_the_per_row_kernel(dtype, use_
         want = by_rows("ddpm", [x, e], (*c[:2], np.inf, *c[2:]), z if t_index else None)
         for g, w in zip(call(B.ddpm_step, x, e, t_index, s, noise=z), want):
             np.testing.assert_array_equal(g, w)
+    t = np.full(x.shape[0], 30)  # the same t_index for every sample: q_sample fuses its rows too
+    want = np.empty_like(rows(x))
+    cpu.q_sample(rows(x), rows(e), t, s.sqrt_alpha_bar, s.sqrt_one_minus_alpha_bar, F.NOISE_GIVEN, 0, 0, 0, want)
+    np.testing.assert_array_equal(call(B.q_sample, x, t, e, s, n_out=1)[0], want.reshape(x.shape))
     c = F.pf_ode_euler_coefficients(-0.5, 1.3, 0.01)
     np.testing.assert_array_equal(call(B.pf_ode_euler_step, x, e, drift_coef=-0.5, diffusion=1.3, dt=0.01,
                                        n_out=1)[0], by_rows("em", [x, e], c, None, n_out=1)[0])
