@@ -264,14 +264,12 @@ def _time(fn, repeat: int, inner: int = 1, clock=time.perf_counter) -> float:
 def course_rows(repeat: int) -> list[str]:
     """The updates at 16 / 200 / 2000 digits (8x8) through ``minidiff.backend`` as the course calls them,
     against the torch backend (the same formula and coefficients in eager ops) and, for the step drawing
-    its noise, plain torch with ``randn`` (diffusers' step); ratios > 1: numba is faster. Then the
-    samplers' per-step Python overhead (a DDIM-50 loop with a free model, minus its updates), the
+    its noise, plain torch with ``randn`` (diffusers' step); ratios > 1: numba is faster. Then each
+    sampler's step with a free model and its Python overhead (:func:`sampler_steps`), the
     per-call cost of a 1-element update, and normals/s of the in-kernel Philox against ``torch.randn``
     and numpy's ``standard_normal`` (float32, 1M normals), with the ratio. Times are this thread's CPU
     time (every call here runs on the calling thread except the normals), so other processes on a
     loaded machine do not count."""
-    from minidiff import samplers
-
     lines = ["| what (us per call, thread CPU time) | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
     res: dict = {}
     clock = time.thread_time
@@ -297,12 +295,10 @@ def course_rows(repeat: int) -> list[str]:
                 te = _time(eager, repeat, inner=inner, clock=clock)
                 res.setdefault(f"{k}: torch eager with randn (diffusers' step)", []).append(f"{te * 1e6:.1f}")
                 res.setdefault(f"{k}: x torch eager with randn", []).append(f"{te / nb:.2f}")
-        free = lambda x_, t_: e  # noqa: E731  (a model that costs nothing: what remains is the sampler)
-        steps = 50
-        whole = _time(lambda: samplers.final(samplers.ddim(free, x, S, steps)), repeat, clock=clock) / steps
-        upd = _time(lambda: B.ddim_step(x, e, T_MID, T_MID - 20, S), repeat, inner=inner, clock=clock)
-        res.setdefault("DDIM-50 sampler, one step with a free model", []).append(f"{whole * 1e6:.1f}")
-        res.setdefault("of which the sampler's Python (step - update)", []).append(f"{max(whole - upd, 0.0) * 1e6:.1f}")
+        for k, (whole, upd) in sampler_steps(x, e, repeat, inner).items():
+            res.setdefault(f"{k}: one step with a free model", []).append(f"{whole * 1e6:.1f}")
+            res.setdefault(f"{k}: of which the sampler's Python (step - updates)", []).append(
+                f"{max(whole - upd, 0.0) * 1e6:.1f}")
     for k, v in res.items():
         lines.append(f"| {k} | " + " | ".join(v) + " |")
     one = torch.zeros(1, 1)
@@ -312,6 +308,37 @@ def course_rows(repeat: int) -> list[str]:
                  f"{over['numba'] * 1e6:.1f} / {over['torch'] * 1e6:.1f} | | |")
     lines += [""] + normal_rows(repeat)
     return lines
+
+
+def sampler_steps(x, e, repeat: int, inner: int) -> dict:
+    """``{sampler: (seconds per step, seconds of its backend updates per step)}`` for every sampler of
+    :mod:`minidiff.samplers` with a model that costs nothing (it returns ``e``): what remains of a step is
+    the update and the sampler's own Python (checks on the model output and the state, the ``t_index``
+    vector, the Tweedie ``x0`` of the SDE samplers, the record). Thread CPU time; 20 steps a run."""
+    from minidiff import samplers
+    from minidiff.sde import VPSDE
+
+    clock, steps, sde = time.thread_time, 20, VPSDE()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    em = dict(drift_coef=sde.drift_coef(0.5), diffusion=sde.diffusion(0.5), dt=0.05)
+    heun = dict(em, drift_coef_next=sde.drift_coef(0.45), diffusion_next=sde.diffusion(0.45))
+    short = Schedule.linear(T=steps)
+    cases = {
+        "DDPM sampler (seed)": (lambda: samplers.ddpm(lambda x_, t_: e, x, short, generator=gen()),
+                                lambda: B.ddpm_step(x, e, 10, short, seed=1, step=3)),
+        "DDIM sampler, eta=0": (lambda: samplers.ddim(lambda x_, t_: e, x, S, steps),
+                                lambda: B.ddim_step(x, e, T_MID, T_MID - 20, S)),
+        "Langevin sampler (seed)": (lambda: samplers.langevin(lambda x_: e, x, step_size=0.01, n_steps=steps,
+                                                              generator=gen()),
+                                    lambda: B.langevin_step(x, e, 0.01, seed=1, step=3)),
+        "Euler-Maruyama sampler (seed)": (lambda: samplers.euler_maruyama(lambda x_, t_: e, x, sde, steps,
+                                                                          generator=gen()),
+                                          lambda: B.reverse_sde_step(x, e, **em, seed=1, step=3)),
+        "PF-ODE Heun sampler": (lambda: samplers.pf_ode_heun(lambda x_, t_: e, x, sde, steps),
+                                lambda: (B.pf_ode_euler_step(x, e, **em), B.pf_ode_heun_step(x, e, x, e, **heun))),
+    }
+    return {k: (_time(lambda: samplers.final(run()), repeat, clock=clock) / steps,
+                _time(upd, repeat, inner=inner, clock=clock)) for k, (run, upd) in cases.items()}
 
 
 def normal_rows(repeat: int) -> list[str]:
@@ -341,8 +368,9 @@ def normal_rows(repeat: int) -> list[str]:
 def overhead_rows(repeat: int) -> list[str]:
     """Per-call overhead of a backend update at the course's sizes (DDPM step, noise given, 16 / 200 /
     2000 digits of 8x8): the whole ``backend.ddpm_step`` call against the compiled kernel alone on
-    prepared views (the part no Python can remove), split into checks (arrays, noise source), views and
-    fresh outputs, and the kernel; and the torch reference of the same formula (``backend="torch"``).
+    prepared (fused-row) views (the part no Python can remove); the checks with the numpy views they
+    return (``backend._host_inputs``), and those plus the fresh outputs wrapped as torch tensors; and the
+    torch reference of the same formula (``backend="torch"``).
     Every case here runs on the calling thread (below ``cpu.SERIAL_BELOW`` elements), so the times are
     that thread's CPU time (``time.thread_time``): on a loaded machine wall time counts other processes."""
     from minidiff.kernels import cpu
@@ -355,19 +383,20 @@ def overhead_rows(repeat: int) -> list[str]:
         e, z = torch.randn_like(x), torch.randn_like(x)
         inv_sa, s1, cx0, cx, std = ddpm_coefficients(S.alpha_bar[T_MID], S.alpha_bar_prev[T_MID], S.betas[T_MID],
                                                      S.alphas[T_MID], S.posterior_variance[T_MID])
-        views = [B._host_rows(t) for t in (x, e, z)]
+        views = [B._host_rows(t).reshape(1, -1) for t in (x, e, z)]  # rows fused, as the backend passes them
         outs = [np.empty_like(views[0]), np.empty_like(views[0])]
         args = views + [inv_sa, s1, math.inf, cx0, cx, std, B._NOISE_GIVEN, 0, 0, 0] + outs
-        full = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z), repeat, inner=50, clock=time.thread_time)
-        kern = _time(lambda: cpu.run("ddpm", args, x.numel(), False), repeat, inner=50, clock=time.thread_time)
-        checks = _time(lambda: (B._as_tensor(x, "x"), B._like(x, e, "eps"),
-                                B._noise_source(x, z, None, 0, True)), repeat, inner=50, clock=time.thread_time)
-        view = _time(lambda: ([B._host_rows(t) for t in (x, e, z)],
-                              [np.empty(tuple(x.shape), np.float32) for _ in range(2)]), repeat, inner=50, clock=time.thread_time)
-        ref = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"), repeat, inner=50, clock=time.thread_time)
+        clock = time.thread_time
+        full = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z), repeat, inner=50, clock=clock)
+        kern = _time(lambda: cpu.run("ddpm", args, x.numel(), False), repeat, inner=50, clock=clock)
+        checks = _time(lambda: B._host_inputs({"x": x, "eps": e}, z, None, True), repeat, inner=50, clock=clock)
+        view = _time(lambda: ([a.reshape(1, -1) for a in B._host_inputs({"x": x, "eps": e}, z, None, True)],
+                              [torch.from_numpy(np.empty(x.numpy().shape, np.float32)) for _ in range(2)]),
+                     repeat, inner=50, clock=clock)
+        ref = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"), repeat, inner=50, clock=clock)
         for k, v in (("whole backend call (us)", full * 1e6), ("compiled kernel alone (us)", kern * 1e6),
-                     ("overhead = call - kernel (us)", (full - kern) * 1e6), ("of which checks (us)", checks * 1e6),
-                     ("of which views and fresh outputs (us)", view * 1e6),
+                     ("overhead = call - kernel (us)", (full - kern) * 1e6), ("of which checks and numpy views (us)", checks * 1e6),
+                     ("of which checks, views and fresh outputs as torch (us)", view * 1e6),
                      ("torch reference, same formula (us)", ref * 1e6), ("x torch reference", ref / full)):
             rows.setdefault(k, []).append(v)
     for k, v in rows.items():
@@ -386,7 +415,8 @@ def fused_rows(repeat: int) -> list[str]:
 
     inv_sa, s1, cx0, cx, std = ddpm_coefficients(S.alpha_bar[T_MID], S.alpha_bar_prev[T_MID], S.betas[T_MID],
                                                  S.alphas[T_MID], S.posterior_variance[T_MID])
-    sa, inv_sa2, s12, inv_s1, sap, cdir, ddim_sigma = ddim_coefficients(S.alpha_bar[T_MID], float(S.alpha_bar[T_MID - 20]), 0.0)
+    sa, inv_sa2, s12, inv_s1, sap, cdir, ddim_sigma = ddim_coefficients(S.alpha_bar[T_MID],
+                                                                        float(S.alpha_bar[T_MID - 20]), 0.0)
     lines = ["| kernel alone (us, thread CPU time) | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
     rows: dict = {}
     for n in (16, 200, 2000):
@@ -403,8 +433,8 @@ def fused_rows(repeat: int) -> list[str]:
         def ddim(shape, mode):
             a = [v.reshape(shape) for v in (x, e, zeros if mode == NOISE_GIVEN else x)]
             o = [np.empty(shape, np.float32) for _ in range(2)]
-            return lambda: cpu.run("ddim", a + [sa, inv_sa2, s12, inv_s1, math.inf, False, sap, cdir, ddim_sigma,
-                                                mode, 0, 0, 0] + o, x.size, False)
+            coefs = [sa, inv_sa2, s12, inv_s1, math.inf, False, sap, cdir, ddim_sigma, mode, 0, 0, 0]
+            return lambda: cpu.run("ddim", a + coefs + o, x.size, False)
 
         cases = {"DDPM step, noise given: per-sample rows (before)": ddpm((n, 64), z),
                  "DDPM step, noise given: fused rows (now)": ddpm((1, n * 64), z),
@@ -416,6 +446,28 @@ def fused_rows(repeat: int) -> list[str]:
         keys = list(t)
         rows.setdefault("DDPM: x before", []).append(f"{t[keys[0]] / t[keys[1]]:.2f}")
         rows.setdefault("DDIM eta=0: x before", []).append(f"{t[keys[2]] / t[keys[3]]:.2f}")
+    for k, v in rows.items():
+        lines.append(f"| {k} | " + " | ".join(v) + " |")
+    return lines
+
+
+def check_rows(repeat: int) -> list[str]:
+    """The samplers' per-step checks before and after, in one run (thread CPU time): the finiteness test
+    of a state as ``torch.isfinite(x).all()`` (before) and as :func:`minidiff._checks.check_finite_state`
+    now (a sum, ``isfinite`` only when the sum is not finite), and the model's ``(B,)`` ``t_index``
+    input through the general conversion (before) and the one-op path for an int (now)."""
+    from minidiff._checks import check_finite_state, t_index_vector
+
+    lines = ["| a sampler's per-step check (us) | 16 digits | 200 digits | 2000 digits |", "|---|---|---|---|"]
+    rows: dict = {}
+    for n in (16, 200, 2000):
+        x = torch.randn(n, 1, 8, 8)
+        t = {"finite check: torch.isfinite(x).all() (before)": lambda: bool(torch.isfinite(x).all()),
+             "finite check: check_finite_state (now)": lambda: check_finite_state(x, "x"),
+             "t_index vector: general conversion (before)": lambda: t_index_vector(np.int64(T_MID), n),
+             "t_index vector: int path (now)": lambda: t_index_vector(T_MID, n)}
+        for k, f in t.items():
+            rows.setdefault(k, []).append(f"{_time(f, repeat, inner=200, clock=time.thread_time) * 1e6:.1f}")
     for k, v in rows.items():
         lines.append(f"| {k} | " + " | ".join(v) + " |")
     return lines
@@ -578,6 +630,7 @@ def main(argv=None):
             print("\n".join(course_rows(repeat)) + "\n", flush=True)
             print("\n".join(overhead_rows(repeat)) + "\n", flush=True)
             print("\n".join(fused_rows(repeat)) + "\n", flush=True)
+            print("\n".join(check_rows(repeat)) + "\n", flush=True)
             print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
         if a.trajectories:
             lines = trajectory_rows(a.trajectories, repeat, a.only)

@@ -134,6 +134,8 @@ def t_index_vector(t_index, batch: int, T: int | None = None, *, device=None, na
     required, and a tensor stays on its device (no host round trip). ``device``: where the result lives."""
     import torch
 
+    if T is None and type(t_index) is int and type(batch) is int and batch >= 0:
+        return torch.full((batch,), t_index, dtype=torch.int64, device=device)  # the samplers' call, in one op
     if T is not None:
         vec = torch.as_tensor(check_t_index_array(t_index, T, name), dtype=torch.int64, device=device)
     else:
@@ -155,10 +157,16 @@ def check_finite_state(x, what: str, index: int | None = None, hint: str = "") -
 
     ``what`` names the producer ("the model output", "x_T", "the update"), ``index`` the sampler step;
     ``hint`` adds the parameters that may be to blame (e.g. ``"eta=inf"``). One reduction over ``x``:
-    cheap next to the network evaluation that produced it.
+    cheap next to the network evaluation that produced it. That reduction is a sum: a NaN or infinity
+    makes any sum of the elements non-finite, so a finite sum proves every element finite (a non-finite
+    sum, e.g. an overflow, is settled by ``torch.isfinite``); on the CPU it costs a third to a twentieth
+    of ``isfinite().all()`` at the course's sizes (no boolean tensor), and it never warns.
     """
     import torch
 
+    if type(x) is torch.Tensor and x.is_floating_point():
+        if math.isfinite(float((x.detach() if x.requires_grad else x).sum())):
+            return
     if bool(torch.isfinite(x).all()):
         return
     n_bad = int((~torch.isfinite(x)).sum())

@@ -430,3 +430,39 @@ def test_invalid_arguments_raise_clear_errors():
         S.final(S.euler_maruyama(lambda x, t: score(x, t).float(), x_T, vp, 3, generator=_gen()))
     with pytest.raises(TypeError, match="model must return a torch.Tensor"):
         S.final(S.ddim(lambda x, t: x.numpy(), x_T, sch, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_check_by_sum_agrees_with_isfinite_and_settles_overflow(dtype):
+    """check_finite_state proves a CPU tensor finite from numpy's sum (a NaN or infinity makes any sum
+    non-finite); a sum that overflows on finite values falls back to ``torch.isfinite`` and passes, and
+    every non-finite case raises with the count ``isfinite`` gives, also on strided and grad tensors."""
+    from minidiff._checks import NonFiniteError, check_finite_state
+
+    big = torch.finfo(dtype).max
+    check_finite_state(torch.full((4, 3), big, dtype=dtype), "x")  # the sum overflows; every value is finite
+    check_finite_state(torch.randn(5, 4, dtype=dtype, requires_grad=True), "x")
+    check_finite_state(torch.empty(0, 3, dtype=dtype), "x")
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.randn(6, 8, dtype=dtype)
+        x[2, 5] = bad
+        for t in (x, x.t(), x[:, ::2].clone().fill_(bad), x.requires_grad_(True)):
+            n_bad = int((~torch.isfinite(t)).sum())
+            assert n_bad > 0
+            with pytest.raises(NonFiniteError, match=f"step 3 holds {n_bad} non-finite"):
+                check_finite_state(t, "the state", 3)
+    x = torch.full((2, 2), big, dtype=dtype)
+    x[0, 0], x[1, 1] = math.inf, -math.inf  # inf - inf: the sum is NaN, and two values are bad
+    with pytest.raises(NonFiniteError, match="holds 2 non-finite"):
+        check_finite_state(x, "x")
+
+
+def test_t_index_vector_fast_path_equals_the_general_conversion():
+    """An int ``t_index`` becomes the (B,) int64 vector in one ``torch.full``: the same tensor the general
+    conversion makes from a numpy integer."""
+    from minidiff._checks import t_index_vector
+
+    for batch in (0, 1, 7):
+        fast, general = t_index_vector(5, batch), t_index_vector(np.int64(5), batch)
+        assert fast.dtype == general.dtype == torch.int64 and fast.device == general.device
+        assert fast.is_contiguous() and torch.equal(fast, general) and fast.shape == (batch,)
