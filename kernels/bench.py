@@ -368,9 +368,9 @@ def normal_rows(repeat: int) -> list[str]:
 def overhead_rows(repeat: int) -> list[str]:
     """Per-call overhead of a backend update at the course's sizes (DDPM step, noise given, 16 / 200 /
     2000 digits of 8x8): the whole ``backend.ddpm_step`` call against the compiled kernel alone on
-    prepared (fused-row) views (the part no Python can remove); the checks with the numpy views they
-    return (``backend._host_inputs``), and those plus the fresh outputs wrapped as torch tensors; and the
-    torch reference of the same formula (``backend="torch"``).
+    prepared (fused-row) views (the part no Python can remove); the checks (arrays, noise source); the
+    numpy views and the fresh outputs wrapped as torch tensors; and the torch reference of the same
+    formula (``backend="torch"``).
     Every case here runs on the calling thread (below ``cpu.SERIAL_BELOW`` elements), so the times are
     that thread's CPU time (``time.thread_time``): on a loaded machine wall time counts other processes."""
     from minidiff.kernels import cpu
@@ -389,14 +389,15 @@ def overhead_rows(repeat: int) -> list[str]:
         clock = time.thread_time
         full = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z), repeat, inner=50, clock=clock)
         kern = _time(lambda: cpu.run("ddpm", args, x.numel(), False), repeat, inner=50, clock=clock)
-        checks = _time(lambda: B._host_inputs({"x": x, "eps": e}, z, None, True), repeat, inner=50, clock=clock)
-        view = _time(lambda: ([a.reshape(1, -1) for a in B._host_inputs({"x": x, "eps": e}, z, None, True)],
+        checks = _time(lambda: (B._as_tensor(x, "x"), B._like(x, e, "eps"), B._noise_source(x, z, None, 0, True)),
+                       repeat, inner=50, clock=clock)
+        view = _time(lambda: ([t.numpy().reshape(1, -1) for t in (x, e, z)],
                               [torch.from_numpy(np.empty(x.numpy().shape, np.float32)) for _ in range(2)]),
                      repeat, inner=50, clock=clock)
         ref = _time(lambda: B.ddpm_step(x, e, T_MID, S, noise=z, backend="torch"), repeat, inner=50, clock=clock)
         for k, v in (("whole backend call (us)", full * 1e6), ("compiled kernel alone (us)", kern * 1e6),
-                     ("overhead = call - kernel (us)", (full - kern) * 1e6), ("of which checks and numpy views (us)", checks * 1e6),
-                     ("of which checks, views and fresh outputs as torch (us)", view * 1e6),
+                     ("overhead = call - kernel (us)", (full - kern) * 1e6), ("of which checks (us)", checks * 1e6),
+                     ("of which numpy views and fresh outputs as torch (us)", view * 1e6),
                      ("torch reference, same formula (us)", ref * 1e6), ("x torch reference", ref / full)):
             rows.setdefault(k, []).append(v)
     for k, v in rows.items():

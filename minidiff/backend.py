@@ -428,15 +428,6 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     launch the kernel or evaluate ``torch_ref(*arrays, z, *coefs)``, and return what the caller asked
     for (numpy in, numpy out; the caller's ``out`` objects when given)."""
     name = _resolve(backend)
-    if name == "numba" and outs[0][1] is None and (len(outs) == 1 or outs[1][1] is None):
-        host = _host_inputs(arrays, noise, seed, needs_noise)
-        if host is not None:  # the course's call, every input already valid: straight to the kernel
-            if noise is not _NO_NOISE:
-                _check_step(seed, step)
-            mode = _NOISE_NONE if noise is _NO_NOISE or not needs_noise else _NOISE_PHILOX if noise is None \
-                else _NOISE_GIVEN
-            return _update_host(kernel, host, noise is not _NO_NOISE, coefs, mode, seed, step, len(outs), False,
-                                space_dims)
     items = iter(arrays.items())
     x_name, given_x = next(items)
     numpy_in = type(given_x) is np.ndarray
@@ -478,37 +469,6 @@ def _update(kernel: str, backend, arrays: dict, coefs: tuple, torch_ref, *, nois
     else:
         results = tuple(_result(o, o, given, numpy_in) for o, (_, given) in zip(checked, outs))
     return results if len(results) > 1 else results[0]
-
-
-def _host_inputs(arrays: dict, noise, seed, needs_noise: bool):
-    """The numpy views of ``arrays`` (and of ``noise`` when it is read) when every one is already what the
-    CPU kernels take -- a contiguous CPU float32/float64 torch tensor with a batch dimension, not requiring
-    grad, all of one shape and dtype -- else None, and :func:`_update` checks (and names) everything the
-    slow way. Only attribute reads: the course's call is checked in about a microsecond."""
-    vals = list(arrays.values())
-    if noise is not _NO_NOISE and needs_noise:
-        if noise is None:
-            if type(seed) is not int:
-                return None  # no seed (an error) or a seed to check: the slow way
-        elif type(noise) is torch.Tensor:
-            vals.append(noise)
-        else:
-            return None
-    x = vals[0]
-    if type(x) is not torch.Tensor:
-        return None
-    dtype, shape = x.dtype, x.shape
-    if not (dtype is torch.float32 or dtype is torch.float64) or not shape:
-        return None
-    host = []
-    for a in vals:
-        if a is None:
-            a = x
-        if (type(a) is not torch.Tensor or a.dtype is not dtype or not a.is_cpu or a.requires_grad
-                or not a.is_contiguous() or a.shape != shape):
-            return None
-        host.append(a.numpy())
-    return host
 
 
 def _update_host(kernel, host, has_noise, coefs, mode, seed, step, n_out, numpy_in, space_dims):
