@@ -9,8 +9,10 @@ work unit (a notebook's cells run in order in one kernel; a browser module share
 Chromium; a module-scoped fixture is built once), handed out in collection order. In xdist workers
 :func:`pytest_collection_modifyitems` puts the longest units first -- the browser modules, then the notebooks
 by their measured fast-mode time (notebooks/runtimes.json, written by `make course`; a notebook not yet
-measured counts as the longest), then the unit-test modules in their usual order -- so the quick unit tests
-fill the end instead of one notebook running alone. (``--dist loadgroup`` cannot group nbval cells here: with
+measured counts as the longest), with each unit-test module placed by ``SLOW_TEST_S`` per test marked ``slow``
+(test_weights.py's bars, about 25 of them, go before the notebooks instead of starting last, alphabetically,
+while the other worker has run out of work), then the modules with no slow test in their usual order -- so the
+quick unit tests fill the end instead of one notebook or one heavy module running alone. (``--dist loadgroup`` cannot group nbval cells here: with
 pytest 9 xdist's renamed node ids do not reach the scheduler.) A run without xdist keeps its order.
 """
 import json
@@ -23,6 +25,8 @@ import torch
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cudasim"]
 
 RUNTIMES = Path(__file__).resolve().parents[1] / "notebooks" / "runtimes.json"
+# Expected seconds of one test marked `slow` (training, sampling a shipped model's bar), for ordering only.
+SLOW_TEST_S = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +43,15 @@ def _measured_fast_seconds() -> dict[str, float]:
     return {name: float(entry.get("fast_s", 0.0)) for name, entry in table.items() if isinstance(entry, dict)}
 
 
-def _unit_seconds(item, fast_s: dict[str, float]) -> float:
-    """How long the work unit (module or notebook) of ``item`` is expected to run, for ordering: larger first."""
+def _item_seconds(item, fast_s: dict[str, float]) -> float:
+    """What ``item`` adds to its work unit's expected time: a notebook cell stands for its whole notebook, a
+    browser test for an unknown, long time; a unit test counts ``SLOW_TEST_S`` if marked slow, else 0."""
     path = Path(str(item.fspath))
     if path.suffix == ".ipynb":
         return fast_s.get(path.name, float("inf"))   # a notebook not measured yet counts as the longest
     if item.get_closest_marker("browser") is not None:
         return float("inf")
-    return 0.0
+    return SLOW_TEST_S if item.get_closest_marker("slow") is not None else 0.0
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,8 +60,8 @@ def pytest_collection_modifyitems(config, items):
         return
     fast_s = _measured_fast_seconds()
     unit = {}
-    for item in items:  # one unit per module or notebook: its longest-expected item speaks for it
-        key = str(item.fspath)
-        unit[key] = max(unit.get(key, 0.0), _unit_seconds(item, fast_s))
+    for item in items:  # one unit per notebook (each cell stands for all of it) or per module (its tests add up)
+        key, seconds = str(item.fspath), _item_seconds(item, fast_s)
+        unit[key] = max(unit.get(key, 0.0), seconds) if key.endswith(".ipynb") else unit.get(key, 0.0) + seconds
     # A stable sort: a notebook's cells and a module's tests keep their order and stay together.
     items.sort(key=lambda item: -unit[str(item.fspath)])

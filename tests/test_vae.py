@@ -118,9 +118,25 @@ def test_bad_model_config():
         vae.AutoencoderKL(dataclasses.asdict(TINY))
 
 
+# The CLI reads the first CLI_GLYPHS glyphs of each split it asks for (more than the 256 PCA components train-vae
+# fits): the whole 12 000-glyph train split, encoded three times plus a 12 000 x 1024 SVD, cost most of this test's
+# time and enters none of its checks.
+CLI_GLYPHS = 300
+
+
 @pytest.mark.slow
-def test_cli_writes_loadable_files(tmp_path):
-    """Both recorded commands run end to end (a few steps) and write files the loaders accept."""
+def test_cli_writes_loadable_files(tmp_path, monkeypatch):
+    """The recorded commands run end to end (a few steps, on the first CLI_GLYPHS glyphs of each split) and write
+    files the loaders accept; the CLI asks for the splits and sizes the recorded runs use."""
+    from minidiff import glyphs
+
+    real_load, asked = glyphs.load_glyphs, []
+
+    def first_glyphs(split="train", size=32, n=None):
+        asked.append((split, size, n))
+        return real_load(split, size, n=CLI_GLYPHS if n is None else min(n, CLI_GLYPHS))
+
+    monkeypatch.setattr(glyphs, "load_glyphs", first_glyphs)
     out = tmp_path / "vae.safetensors"
     assert vae.main(["train-vae", "--steps", "2", "--batch-size", "8", "--out", str(out)]) == 0
     codec = vae.load_codec(out)
@@ -137,6 +153,8 @@ def test_cli_writes_loadable_files(tmp_path):
     model, _, meta = train.load_weights(pix)
     assert model.config.image_size == 16 and meta["info"]["steps"] == 2
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["ema_000001.safetensors", "ema_000002.safetensors"]
+    assert asked == [("train", 32, None), ("test", 32, None), ("train", 32, None), ("train", 32, None),
+                     ("train", 16, None)], asked
 
 
 class _Oracle(torch.nn.Module):
