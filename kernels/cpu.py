@@ -441,15 +441,19 @@ def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0,
 
 
 @_kernel
-def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse,
-                       nstep, k0, k1, out):
-    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, one trajectory per sample."""
+def score_trajectories(x, means, prec, const, iso, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
+                       hs, hxe, hse, nstep, k0, k1, out):
+    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, or (``field``) the flow
+    ODE solvers on the exact velocity (tables ``wacc``, ``mu_c``), one trajectory per sample."""
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev2)
+    if wacc.shape[0] != prec.shape[0] or wacc.shape[1] != prec.shape[1] or mu_c.shape[0] != prec.shape[0] \
+            or (field and wacc.shape[2] != prec.shape[2]):
+        raise ValueError("trajectory field tables disagree with the level tables")
     B, d = x.shape
     for task in prange((B + ROWS - 1) // ROWS):
         blk, LG, lanes, ti, words, quad, vec = _block_scratch(5, d, means.shape[0])
         b0 = task * ROWS
-        _score_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, lev, lev2, alpha_t, sigma_t, cx,
-                    cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0], blk[1], blk[2], blk[3], blk[4], LG,
-                    lanes, ti, words[:2], words[2:], quad, vec[0], vec[1], vec[2])
+        _score_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, field, wacc, mu_c, lev, lev2,
+                    alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0], blk[1], blk[2], blk[3],
+                    blk[4], LG, lanes, ti, words[:2], words[2:], quad, vec[0], vec[1], vec[2])
