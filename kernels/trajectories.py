@@ -49,6 +49,12 @@ Two trajectory shapes cover the samplers (coefficients per step from the host, e
   With the velocity in place of the score: the flow-matching ODE solvers of :mod:`minidiff.flow` (Euler,
   Heun, and the explicit midpoint method as a "Heun" correction evaluated at the half step).
 
+Predictor-corrector (Song et al. 2021a, Alg. 2/3) does not fit a per-sample kernel: its Langevin corrector's
+step uses the batch means of ``||z||`` and ``||score||`` (:func:`langevin_corrector_step_size`), so the CPU
+driver (``kernels/cpu.py``, ``pc_trajectories``) keeps every block's state and runs each step in phases -- the
+predictor (:func:`euler_block` on the reverse-diffusion coefficients), the corrector's score, noise and
+per-block norm sums (:func:`norm_sum`), the batch means on one thread, the Langevin update.
+
 Noise for element ``j`` of sample ``b`` at noise counter ``step`` is ``normal4(k0, k1, j // 4, b,
 step)[j % 4]``: the numbers :func:`minidiff.backend.normal` draws, so a trajectory here sees exactly
 the noise of the step-by-step samplers given the same seed. Nothing here imports numba.
@@ -327,6 +333,42 @@ def eps_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, alpha_t, 
     store_block(X, b0, R, out)
 
 
+def euler_block(X, XE, R, SC, Z, ci, csi, czi, noisy):
+    """``XE[:, r] = ci X[:, r] + csi SC[:, r] (+ czi Z[:, r] when noisy)`` for ``r < R``: the Euler(-Maruyama)
+    / Langevin update of :func:`score_rows` (``XE`` may be ``X``: the update is elementwise)."""
+    for j in range(X.shape[0]):
+        xj = X[j]
+        ej = XE[j]
+        sj = SC[j]
+        zj = Z[j]
+        for r in range(R):
+            v = ci * xj[r] + csi * sj[r]
+            if noisy:
+                v += czi * zj[r]
+            ej[r] = v
+
+
+def norm_sum(V, R):
+    """``sum_r ||V[:, r]||`` over the block's ``R`` lanes (the per-sample norms of the corrector's batch means)."""
+    tot = 0.0
+    for r in range(R):
+        q = 0.0
+        for j in range(V.shape[0]):
+            q += V[j, r] * V[j, r]
+        tot += math.sqrt(q)
+    return tot
+
+
+def langevin_corrector_step_size(z_norm, score_norm, snr, alpha):
+    """The Langevin corrector's step of predictor-corrector sampling (Song et al. 2021a, Alg. 2 line 8,
+    Alg. 3 line 7; norms per sample averaged over the batch, as in the authors' code):
+    ``e = 2 alpha (snr ||z|| / ||score||)^2``, returned as ``2 e``, the ``step_size`` of ``x + step/2 score +
+    sqrt(step) z`` (:func:`minidiff.kernels.formulas.langevin_coefficients`). ``z_norm``, ``score_norm``:
+    the batch means of the norms (``score_norm`` floored at 1e-30)."""
+    e = 2.0 * alpha * (snr * z_norm / max(score_norm, 1e-30)) ** 2
+    return 2.0 * e
+
+
 def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx,
                cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, X, XE, Z, SC, SE, LG, lanes, ti, wr, phi, quad, diff, y,
                acc):
@@ -339,17 +381,7 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, field, wacc,
         L = lev[i]
         noisy = score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, two_pass, field, wacc, mu_c, nstep[i], k0,
                                 k1, b0, Z, SC, LG, lanes, ti, wr, phi, quad, diff, y, acc)
-        ci, csi, czi = cx[i], cs[i], cz[i]
-        for j in range(d):
-            xj = X[j]
-            ej = XE[j]
-            sj = SC[j]
-            zj = Z[j]
-            for r in range(R):
-                v = ci * xj[r] + csi * sj[r]
-                if noisy:
-                    v += czi * zj[r]
-                ej[r] = v
+        euler_block(X, XE, R, SC, Z, cx[i], cs[i], cz[i], noisy)
         if heun[i]:
             L2 = lev2[i]
             score_block(XE, R, alpha_t[L2], L2, means, prec, const, iso, two_pass, field, wacc, mu_c, LG, lanes, ti,
@@ -372,7 +404,8 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, field, wacc,
 
 
 TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block", "score_and_noise", "load_block",
-                        "store_block", "eps_rows", "score_rows")
+                        "store_block", "eps_rows", "euler_block", "norm_sum", "langevin_corrector_step_size",
+                        "score_rows")
 
 
 def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None) -> dict:
@@ -387,7 +420,8 @@ def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, 
     if box_muller_angle is not None:
         ns["box_muller_angle"] = box_muller_angle
     ns["f64"] = formulas.f64
-    out = {}
+    ns["langevin_coefficients"] = jit(formulas.langevin_coefficients)
+    out = {"langevin_coefficients": ns["langevin_coefficients"]}
     exp_impl = exp_rows_poly if vector_exp else exp_rows_libm
     names = [("exp_rows", exp_impl)] + [(n, globals()[n]) for n in TRAJECTORY_FUNCTIONS]
     for name, f in names:

@@ -20,7 +20,8 @@ matching step-by-step sampler driven by the exact score --
 :func:`flow_midpoint_exact`      :func:`minidiff.flow.midpoint` with the exact velocity
 ===============================  =============================================================================
 
--- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
+-- and :func:`predictor_corrector_exact`, :func:`minidiff.samplers.predictor_corrector` (CPU only: its corrector's
+step uses batch means) -- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
 (Salmon et al. 2011): with ``seed=S`` a trajectory sees exactly the noise the step-by-step sampler
 sees with ``noise=lambda step: minidiff.backend.normal(x.shape, S, step, dtype=x.dtype)``.
 
@@ -42,7 +43,7 @@ from . import backend as _backend
 
 __all__ = ["ddpm_exact", "ddim_exact", "dpm_solver_2m_exact", "euler_maruyama_exact", "pf_ode_euler_exact",
            "pf_ode_heun_exact", "langevin_exact", "annealed_langevin_exact", "flow_euler_exact", "flow_heun_exact",
-           "flow_midpoint_exact", "flops_per_sample_step"]
+           "flow_midpoint_exact", "predictor_corrector_exact", "flops_per_sample_step"]
 
 
 # ============================================================================ validation and tables
@@ -339,6 +340,38 @@ def euler_maruyama_exact(gm, x_T, sde, n_steps: int, *, seed=None, t_min: float 
     exact score of ``gm.noised(sde.mean_scale(t), sde.marginal_std(t))``, as
     :func:`minidiff.samplers.euler_maruyama`; noise counter ``step = index``. Returns ``(B, d)``."""
     return _score_run(gm, sde, x_T, n_steps, t_min, "em", seed)
+
+
+def predictor_corrector_exact(gm, x_T, sde, n_steps: int, *, snr: float = 0.16, n_corrector: int = 1, seed=None,
+                              t_min: float = 1e-3):
+    """Predictor-corrector sampling (Song et al. 2021a, Alg. 2 (VE) / 3 (VP)) with the exact score, as
+    :func:`minidiff.samplers.predictor_corrector`: the reverse-diffusion predictor
+    ``x <- (1 - F) x + G^2 score(x, t) + G z`` with ``(F, G) = sde.discretize(t, t - t_next)``, then
+    ``n_corrector`` Langevin steps at ``t_next`` whose size uses the batch means of ``||z||`` and ``||score||``
+    (so every sample's step depends on the whole batch: the CPU driver ``pc_trajectories`` reduces over all
+    samples each corrector step). Noise counter ``step = index (1 + n_corrector) + j``. CPU tensors or numpy
+    only. Returns the samples ``(B, d)``."""
+    from minidiff.kernels.formulas import reverse_sde_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    if x.device.type != "cpu":
+        raise ValueError(f"predictor_corrector_exact runs on the CPU (its corrector reduces over the batch), "
+                         f"got x_T on {x.device}")
+    ts = _sde_grid(sde, n_steps, t_min)
+    snr = _checks.check_positive(snr, "snr")
+    n_corrector = _checks.check_count(n_corrector, "n_corrector", low=0)
+    seed = _check_seed(seed, needed=True)
+    prec, const, iso, alpha_t, sigma_t = level_tables(gm, [(sde.mean_scale(t), sde.marginal_std(t)) for t in ts])
+    cx, cs, cz, alpha_c = [], [], [], []
+    for t, tn in zip(ts[:-1], ts[1:]):
+        F, G = sde.discretize(t, t - tn)
+        coef = reverse_sde_coefficients(F, G, 1.0)
+        cx.append(coef[0]), cs.append(coef[1]), cz.append(coef[2]), alpha_c.append((1.0 + F) ** 2)  # 1 - beta_i, 1
+    n = len(ts) - 1
+    tables = [prec, const, iso, _i64(np.arange(n)), _i64(np.arange(1, n + 1)), alpha_t, sigma_t, _f64(cx), _f64(cs),
+              _f64(cz), _f64(alpha_c), int(n_corrector), float(snr)]
+    return _run("pc_trajectories", x, numpy_in, gm, tables, seed)
 
 
 def pf_ode_euler_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):

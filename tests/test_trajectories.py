@@ -245,3 +245,43 @@ def test_flow_arguments_name_themselves():
 def test_flow_flops_count_the_velocity():
     assert TR.flops_per_sample_step(GRID, velocity=True) > TR.flops_per_sample_step(GRID)
     assert TR.flops_per_sample_step(FULL, heun=True, velocity=True) == 2 * TR.flops_per_sample_step(FULL, velocity=True)
+
+
+# ---------------------------------------------------------------------------- predictor-corrector
+PC_CASES = [(VPSDE(), 1, GRID), (VPSDE(), 2, FULL), (VESDE(sigma_min=0.01, sigma_max=5.0), 1, GRID),
+            (VESDE(sigma_min=0.01, sigma_max=5.0), 0, FULL)]
+
+
+@pytest.mark.parametrize("sde,n_corrector,gm", PC_CASES, ids=["vp-1-iso", "vp-2-full", "ve-1-iso", "ve-0-full"])
+def test_predictor_corrector_fused_equals_the_torch_path(sde, n_corrector, gm):
+    """Song et al. 2021a, Alg. 2/3 with the exact score, 300 samples (3 blocks, the last partial): the same
+    Philox noise (counter ``index (1 + n_corrector) + j``). The corrector's step is a batch mean of norms,
+    summed in another order than torch's (per block, then over blocks): a relative difference of a few
+    1e-16 in the step size, which the later steps carry, hence 1e-10 against 1e-11 for the per-sample kernels."""
+    x = x_T(gm)
+    want = samplers.final(samplers.predictor_corrector(score_fn(gm, sde), x, sde, 20, snr=0.16,
+                                                       n_corrector=n_corrector, noise=noise_for(x)))
+    got = TR.predictor_corrector_exact(gm, x, sde, 20, snr=0.16, n_corrector=n_corrector, seed=SEED)
+    assert got.dtype == torch.float64 and got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * max(1.0, float(want.abs().max())))
+    assert float((got - x).abs().max()) > 0.1
+
+
+def test_predictor_corrector_step_depends_on_the_whole_batch():
+    """The corrector couples the samples: the first 300 of 600 end elsewhere than the 300 alone."""
+    x = x_T(GRID, n=600)
+    a = TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, seed=SEED)[:300]
+    b = TR.predictor_corrector_exact(GRID, x[:300], VPSDE(), 5, seed=SEED)
+    assert float((a - b).abs().max()) > 1e-9
+
+
+def test_predictor_corrector_arguments_name_themselves():
+    x = x_T(GRID)
+    with pytest.raises(ValueError, match="snr"):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, snr=0.0, seed=1)
+    with pytest.raises(ValueError, match="n_corrector"):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, n_corrector=-1, seed=1)
+    with pytest.raises(ValueError, match="pass seed="):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5)
+    with pytest.raises(TypeError, match="sde must be"):
+        TR.predictor_corrector_exact(GRID, x, S, 5, seed=1)
