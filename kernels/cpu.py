@@ -399,7 +399,8 @@ def ftcs2d(u, r, bc, out):
 # A whole sampler per sample on a Gaussian mixture's exact score (kernels/trajectories.py): prange over
 # blocks of ROWS samples, each block with its own transposed (d, ROWS) scratch, the loops over the block's
 # samples vectorised (the score, a libm-free exp, the update); any d, any K.
-_t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle)
+_t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle, philox=philox_words,
+                                  noise_jit=njit(error_model="numpy"))
 _eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
 _score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum"]
 _load_block, _store_block = _t["load_block"], _t["store_block"]

@@ -408,17 +408,22 @@ TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block
                         "score_rows")
 
 
-def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None) -> dict:
+def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None, philox=None,
+                                 noise_jit=None) -> dict:
     """Compile the functions above with ``jit``, calling the already compiled ``device_functions``
     of :func:`minidiff.kernels.formulas.compile_device_functions` (same construction: injected
     globals and the original ``__qualname__``, so numba's on-disk cache of the callers keeps working).
     ``vector_exp``: :func:`exp_rows_poly` (the CPU: vectorised across lanes) or :func:`exp_rows_libm`;
     ``box_muller_angle``: a variant of that device function to use in :func:`noise_block` (the CPU's
-    inlined one, which LLVM vectorises)."""
+    inlined one, which LLVM vectorises); ``philox``: likewise a variant of ``philox4x32_10`` (the CPU's inlined
+    one: the ten rounds vectorised across the lanes); ``noise_jit``: the decorator for :func:`noise_block`
+    (the CPU's numpy error model, without which the division checks keep Box-Muller scalar)."""
     ns = dict(globals())
     ns.update(device_functions)
     if box_muller_angle is not None:
         ns["box_muller_angle"] = box_muller_angle
+    if philox is not None:
+        ns["philox4x32_10"] = philox
     ns["f64"] = formulas.f64
     ns["langevin_coefficients"] = jit(formulas.langevin_coefficients)
     out = {"langevin_coefficients": ns["langevin_coefficients"]}
@@ -427,7 +432,7 @@ def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, 
     for name, f in names:
         g = types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
         g.__qualname__, g.__doc__, g.__module__ = f.__qualname__, f.__doc__, f.__module__
-        out[name] = ns[name] = jit(g)
+        out[name] = ns[name] = (noise_jit if name == "noise_block" and noise_jit is not None else jit)(g)
     return out
 
 
