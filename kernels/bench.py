@@ -524,9 +524,11 @@ def peak_gflops() -> tuple[float, float, str]:
 
 
 def _trajectory_cases(n: int):
-    """``(name, steps, score evaluations a step, fused, torch path)`` on the exact 9-component 2-D mixture."""
-    from minidiff import GaussianMixture, samplers
+    """``(name, steps, score evaluations a step, fused, torch path[, velocity])`` on the exact 9-component 2-D
+    mixture (``velocity``: the field evaluated is the flow velocity, counted by ``flops_per_sample_step``)."""
+    from minidiff import GaussianMixture, flow, samplers
     from minidiff import trajectories as TR
+    from minidiff.interpolants import Interpolant
     from minidiff.sde import VPSDE
     from minidiff.solvers import dpm_solver_2m
 
@@ -549,7 +551,15 @@ def _trajectory_cases(n: int):
          lambda: samplers.final(samplers.pf_ode_heun(score, x, sde, 50))),
         ("Langevin-100, step 0.002", 100, 1, lambda: TR.langevin_exact(gm, x, step_size=0.002, n_steps=100, seed=3),
          lambda: samplers.final(samplers.langevin(gm.score, x, step_size=0.002, n_steps=100, noise=nz))),
-    ]
+        ("Predictor-corrector-100 (VP, 1 corrector)", 100, 2,
+         lambda: TR.predictor_corrector_exact(gm, x, sde, 100, seed=3),
+         lambda: samplers.final(samplers.predictor_corrector(score, x, sde, 100, noise=nz))),
+    ] + [(f"Flow {solver}-{steps} ({ip.kind})", steps, 1 if solver == "euler" else 2,
+          lambda s=solver, ip=ip, ts=flow.time_grid(steps): getattr(TR, f"flow_{s}_exact")(gm, x, ts, ip),
+          lambda s=solver, ip=ip, ts=flow.time_grid(steps): flow.integrate(gm.velocity_model(ip), x, ts, solver=s),
+          True)
+         for solver, steps, ip in (("euler", 100, Interpolant.linear()), ("heun", 50, Interpolant.linear()),
+                                   ("midpoint", 50, Interpolant.trig()))]
 
 
 def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
@@ -567,7 +577,7 @@ def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
     print("\n".join(lines), flush=True)
     for n in sizes:
         gm, cases = _trajectory_cases(n)
-        for name, steps, evals, fused, ref in cases:
+        for name, steps, evals, fused, ref, *velocity in cases:
             if only not in name:
                 continue
             fused()  # compile / load the cached kernel
@@ -576,13 +586,14 @@ def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
             want = ref()
             tr = time.perf_counter() - t0
             diff = float((fused() - want).abs().max())
-            gflops = TR.flops_per_sample_step(gm, evals == 2) * n * steps / tf / 1e9
+            gflops = TR.flops_per_sample_step(gm, evals == 2, bool(velocity)) * n * steps / tf / 1e9
             lines.append(f"| {name} | {n} | {tr:.2f} | {tf:.3f} | {tr / tf:.1f} | {n * steps / tf / 1e6:.1f} "
                          f"| {gflops:.2f} | {100 * gflops / p64:.1f} | {diff:.1e} |")
             print(lines[-1], flush=True)
     lines.append(f"\nfp64 peak {p64:.0f} GFLOP/s ({how}); the torch path timed once, the fused kernel best of "
-                 f"{repeat}; Heun counts two score evaluations a step; flops per sample-step "
-                 f"{TR.flops_per_sample_step(gm)} (one score evaluation and the update)")
+                 f"{repeat}; Heun, midpoint and predictor-corrector count two evaluations a step; flops per "
+                 f"sample-step {TR.flops_per_sample_step(gm)} (one score evaluation and the update), "
+                 f"{TR.flops_per_sample_step(gm, velocity=True)} with the velocity")
     return lines
 
 

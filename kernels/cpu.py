@@ -401,8 +401,12 @@ def ftcs2d(u, r, bc, out):
 # A whole sampler per sample on a Gaussian mixture's exact score (kernels/trajectories.py): prange over
 # blocks of ROWS samples, each block with its own transposed (d, ROWS) scratch, the loops over the block's
 # samples vectorised (the score, a libm-free exp, the update); any d, any K.
-_t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle)
+_t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle, philox=philox_words,
+                                  noise_jit=njit(error_model="numpy"))
 _eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
+_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum"]
+_load_block, _store_block = _t["load_block"], _t["store_block"]
+_corrector_step_size, _langevin_coefficients = _t["langevin_corrector_step_size"], _t["langevin_coefficients"]
 
 
 @njit(cache=True)
@@ -443,15 +447,72 @@ def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0,
 
 
 @_kernel
-def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse,
-                       nstep, k0, k1, out):
-    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, one trajectory per sample."""
+def score_trajectories(x, means, prec, const, iso, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
+                       hs, hxe, hse, nstep, k0, k1, out):
+    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, or (``field``) the flow
+    ODE solvers on the exact velocity (tables ``wacc``, ``mu_c``), one trajectory per sample."""
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev2)
+    if wacc.shape[0] != prec.shape[0] or wacc.shape[1] != prec.shape[1] or mu_c.shape[0] != prec.shape[0] \
+            or (field and wacc.shape[2] != prec.shape[2]):
+        raise ValueError("trajectory field tables disagree with the level tables")
     B, d = x.shape
     for task in prange((B + ROWS - 1) // ROWS):
         blk, LG, lanes, ti, words, quad, vec = _block_scratch(5, d, means.shape[0])
         b0 = task * ROWS
-        _score_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, lev, lev2, alpha_t, sigma_t, cx,
-                    cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0], blk[1], blk[2], blk[3], blk[4], LG,
-                    lanes, ti, words[:2], words[2:], quad, vec[0], vec[1], vec[2])
+        _score_rows(x, b0, min(ROWS, B - b0), out, means, prec, const, iso, True, field, wacc, mu_c, lev, lev2,
+                    alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0], blk[1], blk[2], blk[3],
+                    blk[4], LG, lanes, ti, words[:2], words[2:], quad, vec[0], vec[1], vec[2])
+
+
+@_kernel
+def pc_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, alpha_c, n_corrector, snr, k0,
+                    k1, out):
+    """Predictor-corrector (Song et al. 2021a, Alg. 2/3) on the exact mixture score, every trajectory at once:
+    step ``i`` runs the predictor ``x <- cx x + cs score + cz z`` at level ``lev[i]`` (noise counter ``i (1 +
+    n_corrector)``), then ``n_corrector`` Langevin correctors at level ``lev2[i]`` (counter ``+ j``), each in
+    three phases -- score, noise and per-block norm sums (``prange`` over blocks); the batch means and the step
+    :func:`~minidiff.kernels.trajectories.langevin_corrector_step_size` (``alpha_c[i]``) on one thread; the update."""
+    _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
+    _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev2)
+    B, d = x.shape
+    nb = (B + ROWS - 1) // ROWS
+    K = means.shape[0]
+    blk = np.empty((nb, 3, d, ROWS))  # the state X, the noise Z and the score SC of every block
+    LG = np.empty((nb, max(K, 1), ROWS))
+    lanes = np.empty((nb, 4, ROWS))
+    words = np.empty((nb, 4, ROWS))
+    quad = np.empty((nb, 2, ROWS), np.int64)
+    vec = np.empty((nb, 3, d))
+    part = np.zeros((nb, 2))
+    per = 1 + n_corrector
+    for task in prange(nb):
+        _load_block(x, task * ROWS, min(ROWS, B - task * ROWS), blk[task, 0])
+    for i in range(lev.shape[0]):
+        for j in range(per):
+            L = lev[i] if j == 0 else lev2[i]
+            for task in prange(nb):
+                b0 = task * ROWS
+                R = min(ROWS, B - b0)
+                X, Z, SC = blk[task, 0], blk[task, 1], blk[task, 2]
+                v = vec[task]
+                _score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, True, False, prec, alpha_t, i * per + j,
+                                 k0, k1, b0, Z, SC, LG[task], lanes[task], lanes[task, 3].view(np.int64),
+                                 words[task, :2], words[task, 2:], quad[task], v[0], v[1], v[2])
+                if j == 0:
+                    _euler_block(X, X, R, SC, Z, cx[i], cs[i], cz[i], True)
+                else:
+                    part[task, 0] = _norm_sum(Z, R)
+                    part[task, 1] = _norm_sum(SC, R)
+            if j > 0:
+                zs = 0.0
+                ss = 0.0
+                for task in range(nb):
+                    zs += part[task, 0]
+                    ss += part[task, 1]
+                c0, c1, c2 = _langevin_coefficients(_corrector_step_size(zs / B, ss / B, snr, alpha_c[i]))
+                for task in prange(nb):
+                    X = blk[task, 0]
+                    _euler_block(X, X, min(ROWS, B - task * ROWS), blk[task, 2], blk[task, 1], c0, c1, c2, True)
+    for task in prange(nb):
+        _store_block(blk[task, 0], task * ROWS, min(ROWS, B - task * ROWS), out)

@@ -249,9 +249,10 @@ def eps_trajectories(x, means, prec, const, iso, lev, alpha_t, sigma_t, cx, cx0,
 
 
 @cuda.jit
-def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx, hs, hxe, hse,
-                       nstep, k0, k1, out):
-    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, a thread per sample."""
+def score_trajectories(x, means, prec, const, iso, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
+                       hs, hxe, hse, nstep, k0, k1, out):
+    """Euler-Maruyama / PF-ODE Euler / Heun / Langevin on the exact mixture score, or (``field``) the flow
+    ODE solvers on the exact velocity, a thread per sample."""
     B, d = x.shape
     blk = cuda.local.array((5, MAX_DIM_CUDA, 1), numba.float64)
     vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)
@@ -259,6 +260,7 @@ def score_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, 
     words = cuda.local.array((4, 1), numba.float64)
     quad = cuda.local.array((2, 1), numba.int64)
     for b in range(cuda.grid(1), B, cuda.gridsize(1)):
-        _score_rows(x, b, 1, out, means, prec, const, iso, False, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun, hx,
-                    hs, hxe, hse, nstep, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d], blk[4, :d],
-                    lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
+        _score_rows(x, b, 1, out, means, prec, const, iso, False, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx,
+                    cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d],
+                    blk[4, :d], lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d],
+                    vec[2, :d])

@@ -22,6 +22,20 @@ so LLVM vectorises the score, the exponentials and the update across samples (on
 * :func:`gm_score` -- any covariances, one pass with an online softmax (a running maximum, O(d)
   scratch: any number of components): full covariances, and every mixture on CUDA.
 
+The same responsibilities give the exact *velocity* of an interpolant ``x_t = alpha_t x_0 + sigma_t eps``
+(:mod:`minidiff.interpolants`; :meth:`minidiff.data.GaussianMixture.velocity`), ``u(x) = E[alpha_t' x_0 +
+sigma_t' eps | x_t = x]``. Per component (Gaussian conditioning, as
+:meth:`~minidiff.data.GaussianMixture.posterior_means`) ``E[x_0 | x, k] = mu_k + alpha_t S_k P_k (x - alpha_t mu_k)``
+and ``E[eps | x, k] = sigma_t P_k (x - alpha_t mu_k)``, so
+
+    u(x) = sum_k r_k(x) (mu_c mu_k - W_k (x - alpha_t mu_k)),  mu_c = alpha_t',
+    W_k = -(alpha_t' alpha_t S_k + sigma_t' sigma_t I) P_k
+
+-- the score's loop with another matrix in the sum and a mean term (the score is ``W_k = P_k``, ``mu_c = 0``):
+the *mixed field* of :func:`gm_score` / :func:`gm_score_rows` with ``field=True`` and host tables
+``wacc[L, k] = W_k``, ``mu_c[L]``. Unlike ``u = (alpha_t'/alpha_t) x + (...) score`` it holds at ``alpha_t = 0``
+(``t = 1``, where ``x_0`` cannot be read from the score) and at ``sigma_t = 0``.
+
 Two trajectory shapes cover the samplers (coefficients per step from the host, each formula of
 :mod:`.formulas` reused there):
 
@@ -32,6 +46,14 @@ Two trajectory shapes cover the samplers (coefficients per step from the host, e
 * :func:`score_rows` -- ``x_e = cx x + cs score + cz z`` (Euler-Maruyama of the reverse SDE, Song et
   al. 2021a eq. 6; Euler of the PF ODE, eq. 13; Langevin dynamics, Alg. 1 of Song & Ermon 2019), optionally the
   Heun correction ``x <- hx x + hs score + hxe x_e + hse score(x_e)`` (Karras et al. 2022, Alg. 1).
+  With the velocity in place of the score: the flow-matching ODE solvers of :mod:`minidiff.flow` (Euler,
+  Heun, and the explicit midpoint method as a "Heun" correction evaluated at the half step).
+
+Predictor-corrector (Song et al. 2021a, Alg. 2/3) does not fit a per-sample kernel: its Langevin corrector's
+step uses the batch means of ``||z||`` and ``||score||`` (:func:`langevin_corrector_step_size`), so the CPU
+driver (``kernels/cpu.py``, ``pc_trajectories``) keeps every block's state and runs each step in phases -- the
+predictor (:func:`euler_block` on the reverse-diffusion coefficients), the corrector's score, noise and
+per-block norm sums (:func:`norm_sum`), the batch means on one thread, the Langevin update.
 
 Noise for element ``j`` of sample ``b`` at noise counter ``step`` is ``normal4(k0, k1, j // 4, b,
 step)[j % 4]``: the numbers :func:`minidiff.backend.normal` draws, so a trajectory here sees exactly
@@ -97,9 +119,11 @@ def exp_rows_libm(w, tf, ti, R):
         w[r] = math.exp(w[r])
 
 
-def gm_score(xs, a, L, means, prec, const, iso, diff, y, acc, score):
+def gm_score(xs, a, L, means, prec, const, iso, field, wacc, mu_c, diff, y, acc, score):
     """``score[:] = grad log q(xs)`` for ``q = sum_k w_k N(a mu_k, P[L, k]^-1)`` (see the module
-    notes), by an online softmax over the components; ``diff``, ``y``, ``acc`` are scratch."""
+    notes), by an online softmax over the components; ``diff``, ``y``, ``acc`` are scratch. With
+    ``field``: the mixed field ``sum_k r_k (mu_c[L] mu_k - W[L, k] (xs - a mu_k))`` instead, ``W = wacc``
+    (the score is ``W = P``, ``mu_c = 0``; the flow velocity, module notes)."""
     K = means.shape[0]
     d = xs.shape[0]
     mx = -math.inf
@@ -131,17 +155,29 @@ def gm_score(xs, a, L, means, prec, const, iso, diff, y, acc, score):
             tot *= scale
             mx = logit
         w = math.exp(logit - mx)
-        for j in range(d):
-            acc[j] += w * y[j]
+        if field:
+            c = mu_c[L]
+            for j in range(d):
+                if iso:
+                    v = wacc[L, k, 0, 0] * diff[j]
+                else:
+                    v = 0.0
+                    for i in range(d):
+                        v += wacc[L, k, j, i] * diff[i]
+                acc[j] += w * (v - c * means[k, j])
+        else:
+            for j in range(d):
+                acc[j] += w * y[j]
         tot += w
     for j in range(d):
         score[j] = -acc[j] / tot
 
 
-def gm_score_rows(X, R, a, L, means, prec, const, LG, mx, tot, w, tf, ti, SC):
+def gm_score_rows(X, R, a, L, means, prec, const, field, wacc, mu_c, LG, mx, tot, w, tf, ti, SC):
     """``SC[:, r] = grad log q(X[:, r])`` for ``r < R``, isotropic components ``P[L, k] = p_k I``: pass
     one the logits ``LG[k, r]`` and their maximum ``mx[r]``; pass two ``exp(LG - mx)`` for all lanes at
-    once (:func:`exp_rows`) and the weighted sum. ``tot``, ``w``, ``tf``, ``ti``: lane scratch."""
+    once (:func:`exp_rows`) and the weighted sum. ``tot``, ``w``, ``tf``, ``ti``: lane scratch. With
+    ``field``: the mixed field of :func:`gm_score` (``W[L, k] = wacc[L, k, 0, 0] I``)."""
     K = means.shape[0]
     d = X.shape[0]
     for r in range(R):
@@ -173,7 +209,12 @@ def gm_score_rows(X, R, a, L, means, prec, const, LG, mx, tot, w, tf, ti, SC):
         for r in range(R):
             w[r] = lk[r] - mx[r]
         exp_rows(w, tf, ti, R)
-        p = prec[L, k, 0, 0]
+        if field:
+            p = wacc[L, k, 0, 0]
+            for r in range(R):
+                tf[r] = w[r]  # the unscaled weights (the exp's scratch is free again)
+        else:
+            p = prec[L, k, 0, 0]
         for r in range(R):
             tot[r] += w[r]
             w[r] *= p
@@ -181,8 +222,13 @@ def gm_score_rows(X, R, a, L, means, prec, const, LG, mx, tot, w, tf, ti, SC):
             xj = X[j]
             sj = SC[j]
             mu = a * means[k, j]
-            for r in range(R):
-                sj[r] -= w[r] * (xj[r] - mu)
+            if field:
+                cm = mu_c[L] * means[k, j]
+                for r in range(R):
+                    sj[r] += tf[r] * cm - w[r] * (xj[r] - mu)
+            else:
+                for r in range(R):
+                    sj[r] -= w[r] * (xj[r] - mu)
     for r in range(R):
         tot[r] = 1.0 / tot[r]
     for j in range(d):
@@ -191,15 +237,16 @@ def gm_score_rows(X, R, a, L, means, prec, const, LG, mx, tot, w, tf, ti, SC):
             sj[r] *= tot[r]
 
 
-def score_block(X, R, a, L, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SC):
+def score_block(X, R, a, L, means, prec, const, iso, two_pass, field, wacc, mu_c, LG, lanes, ti, diff, y, acc, SC):
     """The mixture score of the block into ``SC``: :func:`gm_score_rows` when ``iso and two_pass``,
     else :func:`gm_score` lane by lane (any K in O(d) scratch). ``lanes``: ``(4, R)`` lane scratch,
     ``ti`` its last row viewed as int64."""
     if iso and two_pass:
-        gm_score_rows(X, R, a, L, means, prec, const, LG, lanes[0], lanes[1], lanes[2], lanes[3], ti, SC)
+        gm_score_rows(X, R, a, L, means, prec, const, field, wacc, mu_c, LG, lanes[0], lanes[1], lanes[2], lanes[3],
+                      ti, SC)
     else:
         for r in range(R):
-            gm_score(X[:, r], a, L, means, prec, const, iso, diff, y, acc, SC[:, r])
+            gm_score(X[:, r], a, L, means, prec, const, iso, field, wacc, mu_c, diff, y, acc, SC[:, r])
 
 
 def noise_block(k0, k1, b0, R, step, Z, wr, phi, quad):
@@ -240,12 +287,12 @@ def store_block(X, b0, R, out):
             out[b0 + r, j] = X[j, r]
 
 
-def score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, step, k0, k1, b0, Z, SC, LG, lanes, ti, wr, phi,
-                    quad, diff, y, acc):
+def score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, field, wacc, mu_c, step, k0, k1, b0, Z, SC, LG,
+                    lanes, ti, wr, phi, quad, diff, y, acc):
     """The first half of every step: the block's score at level ``L`` into ``SC`` (:func:`score_block`)
     and, when the step draws noise (``step >= 0``), its normals into ``Z`` (:func:`noise_block`).
     Returns whether it drew noise."""
-    score_block(X, R, a, L, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SC)
+    score_block(X, R, a, L, means, prec, const, iso, two_pass, field, wacc, mu_c, LG, lanes, ti, diff, y, acc, SC)
     if step >= 0:
         noise_block(k0, k1, b0, R, step, Z, wr, phi, quad)
     return step >= 0
@@ -264,8 +311,8 @@ def eps_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, alpha_t, 
         L = lev[i]
         a = alpha_t[L]
         s = sigma_t[L]
-        noisy = score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, nstep[i], k0, k1, b0, Z, SC, LG, lanes,
-                                ti, wr, phi, quad, diff, y, acc)
+        noisy = score_and_noise(X, R, a, L, means, prec, const, iso, two_pass, False, prec, alpha_t, nstep[i], k0, k1,
+                                b0, Z, SC, LG, lanes, ti, wr, phi, quad, diff, y, acc)
         ci, c0, ce, cp, czi = cx[i], cx0[i], ceps[i], cx0p[i], cz[i]
         for j in range(d):
             xj = X[j]
@@ -286,30 +333,59 @@ def eps_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, alpha_t, 
     store_block(X, b0, R, out)
 
 
-def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, lev2, alpha_t, sigma_t, cx, cs, cz, heun,
-               hx, hs, hxe, hse, nstep, k0, k1, X, XE, Z, SC, SE, LG, lanes, ti, wr, phi, quad, diff, y, acc):
+def euler_block(X, XE, R, SC, Z, ci, csi, czi, noisy):
+    """``XE[:, r] = ci X[:, r] + csi SC[:, r] (+ czi Z[:, r] when noisy)`` for ``r < R``: the Euler(-Maruyama)
+    / Langevin update of :func:`score_rows` (``XE`` may be ``X``: the update is elementwise)."""
+    for j in range(X.shape[0]):
+        xj = X[j]
+        ej = XE[j]
+        sj = SC[j]
+        zj = Z[j]
+        for r in range(R):
+            v = ci * xj[r] + csi * sj[r]
+            if noisy:
+                v += czi * zj[r]
+            ej[r] = v
+
+
+def norm_sum(V, R):
+    """``sum_r ||V[:, r]||`` over the block's ``R`` lanes (the per-sample norms of the corrector's batch means)."""
+    tot = 0.0
+    for r in range(R):
+        q = 0.0
+        for j in range(V.shape[0]):
+            q += V[j, r] * V[j, r]
+        tot += math.sqrt(q)
+    return tot
+
+
+def langevin_corrector_step_size(z_norm, score_norm, snr, alpha):
+    """The Langevin corrector's step of predictor-corrector sampling (Song et al. 2021a, Alg. 2 line 8,
+    Alg. 3 line 7; norms per sample averaged over the batch, as in the authors' code):
+    ``e = 2 alpha (snr ||z|| / ||score||)^2``, returned as ``2 e``, the ``step_size`` of ``x + step/2 score +
+    sqrt(step) z`` (:func:`minidiff.kernels.formulas.langevin_coefficients`). ``z_norm``, ``score_norm``:
+    the batch means of the norms (``score_norm`` floored at 1e-30)."""
+    e = 2.0 * alpha * (snr * z_norm / max(score_norm, 1e-30)) ** 2
+    return 2.0 * e
+
+
+def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, field, wacc, mu_c, lev, lev2, alpha_t, sigma_t, cx,
+               cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, X, XE, Z, SC, SE, LG, lanes, ti, wr, phi, quad, diff, y,
+               acc):
     """Samples ``b0 .. b0 + R - 1``: Euler(-Maruyama) or Langevin steps with an optional Heun correction
-    (module notes). ``X``, ``XE``, ``Z``, ``SC``, ``SE``: ``(d, >= R)`` block scratch."""
+    (module notes), on the score or, with ``field``, on the mixed field (the flow velocity).
+    ``X``, ``XE``, ``Z``, ``SC``, ``SE``: ``(d, >= R)`` block scratch."""
     d = X.shape[0]
     load_block(x_in, b0, R, X)
     for i in range(lev.shape[0]):
         L = lev[i]
-        noisy = score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, two_pass, nstep[i], k0, k1, b0, Z, SC, LG,
-                                lanes, ti, wr, phi, quad, diff, y, acc)
-        ci, csi, czi = cx[i], cs[i], cz[i]
-        for j in range(d):
-            xj = X[j]
-            ej = XE[j]
-            sj = SC[j]
-            zj = Z[j]
-            for r in range(R):
-                v = ci * xj[r] + csi * sj[r]
-                if noisy:
-                    v += czi * zj[r]
-                ej[r] = v
+        noisy = score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, two_pass, field, wacc, mu_c, nstep[i], k0,
+                                k1, b0, Z, SC, LG, lanes, ti, wr, phi, quad, diff, y, acc)
+        euler_block(X, XE, R, SC, Z, cx[i], cs[i], cz[i], noisy)
         if heun[i]:
             L2 = lev2[i]
-            score_block(XE, R, alpha_t[L2], L2, means, prec, const, iso, two_pass, LG, lanes, ti, diff, y, acc, SE)
+            score_block(XE, R, alpha_t[L2], L2, means, prec, const, iso, two_pass, field, wacc, mu_c, LG, lanes, ti,
+                        diff, y, acc, SE)
             a0, a1, a2, a3 = hx[i], hs[i], hxe[i], hse[i]
             for j in range(d):
                 xj = X[j]
@@ -328,34 +404,45 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, lev, lev2, a
 
 
 TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block", "score_and_noise", "load_block",
-                        "store_block", "eps_rows", "score_rows")
+                        "store_block", "eps_rows", "euler_block", "norm_sum", "langevin_corrector_step_size",
+                        "score_rows")
 
 
-def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None) -> dict:
+def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None, philox=None,
+                                 noise_jit=None) -> dict:
     """Compile the functions above with ``jit``, calling the already compiled ``device_functions``
     of :func:`minidiff.kernels.formulas.compile_device_functions` (same construction: injected
     globals and the original ``__qualname__``, so numba's on-disk cache of the callers keeps working).
     ``vector_exp``: :func:`exp_rows_poly` (the CPU: vectorised across lanes) or :func:`exp_rows_libm`;
     ``box_muller_angle``: a variant of that device function to use in :func:`noise_block` (the CPU's
-    inlined one, which LLVM vectorises)."""
+    inlined one, which LLVM vectorises); ``philox``: likewise a variant of ``philox4x32_10`` (the CPU's inlined
+    one: the ten rounds vectorised across the lanes); ``noise_jit``: the decorator for :func:`noise_block`
+    (the CPU's numpy error model, without which the division checks keep Box-Muller scalar)."""
     ns = dict(globals())
     ns.update(device_functions)
     if box_muller_angle is not None:
         ns["box_muller_angle"] = box_muller_angle
+    if philox is not None:
+        ns["philox4x32_10"] = philox
     ns["f64"] = formulas.f64
-    out = {}
+    ns["langevin_coefficients"] = jit(formulas.langevin_coefficients)
+    out = {"langevin_coefficients": ns["langevin_coefficients"]}
     exp_impl = exp_rows_poly if vector_exp else exp_rows_libm
     names = [("exp_rows", exp_impl)] + [(n, globals()[n]) for n in TRAJECTORY_FUNCTIONS]
     for name, f in names:
         g = types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
         g.__qualname__, g.__doc__, g.__module__ = f.__qualname__, f.__doc__, f.__module__
-        out[name] = ns[name] = jit(g)
+        out[name] = ns[name] = (noise_jit if name == "noise_block" and noise_jit is not None else jit)(g)
     return out
 
 
-def flops_gm_score(K: int, d: int, iso: bool) -> int:
+def flops_gm_score(K: int, d: int, iso: bool, field: bool = False) -> int:
     """Floating-point operations of one mixture score (exp counted as one): per component ``2d`` for
     the residual, ``2d`` (isotropic) or ``2d^2`` (full) for ``P (x - alpha_t mu)``, ``2d`` for the
-    quadratic form, ~6 for the softmax bookkeeping and ``2d`` for the accumulation; ``2d`` at the end."""
+    quadratic form, ~6 for the softmax bookkeeping and ``2d`` for the accumulation; ``2d`` at the end.
+    ``field`` (the velocity): per component ``2d`` more for the mean term, and for full covariances
+    ``2d^2`` more for ``W_k (x - alpha_t mu_k)``."""
     per = 2 * d + (2 * d if iso else 2 * d * d) + 2 * d + 6 + 2 * d
+    if field:
+        per += 2 * d + (0 if iso else 2 * d * d)
     return K * per + 2 * d

@@ -684,8 +684,9 @@ def gm_trajectories(kernel: str, x: torch.Tensor, tables: list, seed: int | None
     see ``kernels/trajectories.py``) on ``x`` ``(B, d)`` with the host ``tables`` that
     :mod:`minidiff.trajectories` builds (mixture means first); a fresh ``(B, d)`` result in ``x``'s dtype.
     Noise keyed by ``seed`` as everywhere here. Use :mod:`minidiff.trajectories`, which validates."""
-    if kernel not in ("eps_trajectories", "score_trajectories"):
-        raise ValueError(f"kernel must be 'eps_trajectories' or 'score_trajectories', got {kernel!r}")
+    if kernel not in ("eps_trajectories", "score_trajectories", "pc_trajectories"):
+        raise ValueError(f"kernel must be 'eps_trajectories', 'score_trajectories' or 'pc_trajectories' (CPU), "
+                         f"got {kernel!r}")
     x = _as_tensor(x, "x")
     out = _empty_like(x)
     if x.numel():

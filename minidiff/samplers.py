@@ -305,9 +305,10 @@ def predictor_corrector(score_fn, x_T, sde, n_steps: int, *, snr: float = 0.16, 
 def _langevin_corrector_step_size(score, z, snr: float, alpha: float) -> float:
     """``2 (2 alpha (snr ||z|| / ||score||)^2)``: the backend's ``step_size`` (its update is
     ``x + step/2 score + sqrt(step) z``) for Song et al.'s ``e`` (Alg. 2 line 8, Alg. 3 line 7)."""
+    from minidiff.kernels.trajectories import langevin_corrector_step_size
+
     norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1).mean()  # noqa: E731  (B,) -> scalar
-    e = 2.0 * alpha * (snr * float(norm(z)) / max(float(norm(score)), 1e-30)) ** 2
-    return 2.0 * e
+    return langevin_corrector_step_size(float(norm(z)), float(norm(score)), snr, alpha)
 
 
 def _predictor_corrector(score_fn, x, sde, ts, snr, n_corrector, src, backend):

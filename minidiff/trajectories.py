@@ -15,9 +15,13 @@ matching step-by-step sampler driven by the exact score --
 :func:`pf_ode_heun_exact`        :func:`minidiff.samplers.pf_ode_heun`
 :func:`langevin_exact`           :func:`minidiff.samplers.langevin` with ``gm.score``
 :func:`annealed_langevin_exact`  :func:`minidiff.samplers.annealed_langevin` with ``gm.at_sigma(sigma).score``
+:func:`flow_euler_exact`         :func:`minidiff.flow.euler` with ``gm.velocity_model(interpolant)``
+:func:`flow_heun_exact`          :func:`minidiff.flow.heun` with the exact velocity
+:func:`flow_midpoint_exact`      :func:`minidiff.flow.midpoint` with the exact velocity
 ===============================  =============================================================================
 
--- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
+-- and :func:`predictor_corrector_exact`, :func:`minidiff.samplers.predictor_corrector` (CPU only: its corrector's
+step uses batch means) -- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
 (Salmon et al. 2011): with ``seed=S`` a trajectory sees exactly the noise the step-by-step sampler
 sees with ``noise=lambda step: minidiff.backend.normal(x.shape, S, step, dtype=x.dtype)``.
 
@@ -38,7 +42,8 @@ from . import _checks
 from . import backend as _backend
 
 __all__ = ["ddpm_exact", "ddim_exact", "dpm_solver_2m_exact", "euler_maruyama_exact", "pf_ode_euler_exact",
-           "pf_ode_heun_exact", "langevin_exact", "annealed_langevin_exact", "flops_per_sample_step"]
+           "pf_ode_heun_exact", "langevin_exact", "annealed_langevin_exact", "flow_euler_exact", "flow_heun_exact",
+           "flow_midpoint_exact", "predictor_corrector_exact", "flops_per_sample_step"]
 
 
 # ============================================================================ validation and tables
@@ -108,12 +113,31 @@ def level_tables(gm, levels):
     return np.ascontiguousarray(prec), np.ascontiguousarray(const), iso, alpha_t, sigma_t
 
 
-def flops_per_sample_step(gm, heun: bool = False) -> int:
+def velocity_tables(gm, prec, iso, alpha_t, sigma_t, rates):
+    """``(wacc, mu_c)`` of the exact velocity ``u = E[alpha_t' x_0 + sigma_t' eps | x_t]`` (the mixed field of
+    ``kernels/trajectories.py``, module notes, from :meth:`minidiff.data.GaussianMixture.posterior_means`'s
+    per-component terms): ``wacc[L, k] = -(alpha_t' alpha_t S_k + sigma_t' sigma_t I) P[L, k]`` with ``P = prec``
+    of :func:`level_tables`, ``mu_c[L] = alpha_t'``. ``rates``: ``[(d_alpha_t, d_sigma_t), ...]`` per level."""
+    d_alpha_t = np.array([r[0] for r in rates], dtype=np.float64)
+    d_sigma_t = np.array([r[1] for r in rates], dtype=np.float64)
+    a_rate = (d_alpha_t * alpha_t)[:, None]  # (L, 1): alpha_t' alpha_t
+    s_rate = (d_sigma_t * sigma_t)[:, None, None, None]
+    if iso:
+        s_k = torch.diagonal(gm.covs, dim1=-2, dim2=-1)[:, 0].numpy()[None, :]  # (1, K)
+        wacc = -((a_rate * s_k)[:, :, None, None] + s_rate) * prec
+    else:
+        covs = gm.covs.numpy()[None]  # (1, K, d, d)
+        wacc = -(a_rate[:, :, None, None] * covs @ prec + s_rate * prec)
+    return np.ascontiguousarray(wacc), np.ascontiguousarray(d_alpha_t)
+
+
+def flops_per_sample_step(gm, heun: bool = False, velocity: bool = False) -> int:
     """Floating-point operations of one sample-step (score evaluations counted by
-    :func:`minidiff.kernels.trajectories.flops_gm_score`, plus ~10 per coordinate for the update)."""
+    :func:`minidiff.kernels.trajectories.flops_gm_score`, plus ~10 per coordinate for the update);
+    ``heun``: two evaluations a step (Heun, midpoint); ``velocity``: the exact velocity instead of the score."""
     from minidiff.kernels.trajectories import flops_gm_score
 
-    f = flops_gm_score(gm.n_components, gm.dim, _is_isotropic(gm)) + 10 * gm.dim
+    f = flops_gm_score(gm.n_components, gm.dim, _is_isotropic(gm), field=velocity) + 10 * gm.dim
     return 2 * f if heun else f
 
 
@@ -231,10 +255,17 @@ def _sde_grid(sde, n_steps, t_min):
     return sde.time_grid(n_steps, t_min).tolist()
 
 
-def _score_tables_run(gm, x, numpy_in, levels, lev, lev2, cx, cs, cz, heun, hx, hs, hxe, hse, nstep, seed):
-    """The score-form kernel (``kernels/trajectories.py``, ``score_rows``) with per-step tables."""
+def _score_tables_run(gm, x, numpy_in, levels, lev, lev2, cx, cs, cz, heun, hx, hs, hxe, hse, nstep, seed,
+                      rates=None):
+    """The score-form kernel (``kernels/trajectories.py``, ``score_rows``) with per-step tables; with
+    ``rates`` (``[(d_alpha_t, d_sigma_t), ...]`` per level) on the exact velocity instead of the score
+    (:func:`velocity_tables`)."""
     prec, const, iso, alpha_t, sigma_t = level_tables(gm, levels)
-    tables = [prec, const, iso, _i64(lev), _i64(lev2), alpha_t, sigma_t, _f64(cx), _f64(cs), _f64(cz),
+    if rates is None:
+        field = [False, prec, alpha_t]
+    else:
+        field = [True, *velocity_tables(gm, prec, iso, alpha_t, sigma_t, rates)]
+    tables = [prec, const, iso, *field, _i64(lev), _i64(lev2), alpha_t, sigma_t, _f64(cx), _f64(cs), _f64(cz),
               np.ascontiguousarray(np.asarray(heun, dtype=np.bool_)), _f64(hx), _f64(hs), _f64(hxe), _f64(hse),
               _i64(nstep)]
     return _run("score_trajectories", x, numpy_in, gm, tables, seed)
@@ -311,6 +342,38 @@ def euler_maruyama_exact(gm, x_T, sde, n_steps: int, *, seed=None, t_min: float 
     return _score_run(gm, sde, x_T, n_steps, t_min, "em", seed)
 
 
+def predictor_corrector_exact(gm, x_T, sde, n_steps: int, *, snr: float = 0.16, n_corrector: int = 1, seed=None,
+                              t_min: float = 1e-3):
+    """Predictor-corrector sampling (Song et al. 2021a, Alg. 2 (VE) / 3 (VP)) with the exact score, as
+    :func:`minidiff.samplers.predictor_corrector`: the reverse-diffusion predictor
+    ``x <- (1 - F) x + G^2 score(x, t) + G z`` with ``(F, G) = sde.discretize(t, t - t_next)``, then
+    ``n_corrector`` Langevin steps at ``t_next`` whose size uses the batch means of ``||z||`` and ``||score||``
+    (so every sample's step depends on the whole batch: the CPU driver ``pc_trajectories`` reduces over all
+    samples each corrector step). Noise counter ``step = index (1 + n_corrector) + j``. CPU tensors or numpy
+    only. Returns the samples ``(B, d)``."""
+    from minidiff.kernels.formulas import reverse_sde_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    if x.device.type != "cpu":
+        raise ValueError(f"predictor_corrector_exact runs on the CPU (its corrector reduces over the batch), "
+                         f"got x_T on {x.device}")
+    ts = _sde_grid(sde, n_steps, t_min)
+    snr = _checks.check_positive(snr, "snr")
+    n_corrector = _checks.check_count(n_corrector, "n_corrector", low=0)
+    seed = _check_seed(seed, needed=True)
+    prec, const, iso, alpha_t, sigma_t = level_tables(gm, [(sde.mean_scale(t), sde.marginal_std(t)) for t in ts])
+    cx, cs, cz, alpha_c = [], [], [], []
+    for t, tn in zip(ts[:-1], ts[1:]):
+        F, G = sde.discretize(t, t - tn)
+        coef = reverse_sde_coefficients(F, G, 1.0)
+        cx.append(coef[0]), cs.append(coef[1]), cz.append(coef[2]), alpha_c.append((1.0 + F) ** 2)  # 1 - beta_i, 1
+    n = len(ts) - 1
+    tables = [prec, const, iso, _i64(np.arange(n)), _i64(np.arange(1, n + 1)), alpha_t, sigma_t, _f64(cx), _f64(cs),
+              _f64(cz), _f64(alpha_c), int(n_corrector), float(snr)]
+    return _run("pc_trajectories", x, numpy_in, gm, tables, seed)
+
+
 def pf_ode_euler_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):
     """Euler on the probability-flow ODE (Song et al. 2021a, eq. 13) with the exact score, as
     :func:`minidiff.samplers.pf_ode_euler`. Deterministic. Returns ``(B, d)``."""
@@ -321,3 +384,74 @@ def pf_ode_heun_exact(gm, x_T, sde, n_steps: int, *, t_min: float = 1e-3):
     """Heun on the probability-flow ODE (Karras et al. 2022, Alg. 1; the last step Euler), with the exact
     score, as :func:`minidiff.samplers.pf_ode_heun`. Deterministic. Returns ``(B, d)``."""
     return _score_run(gm, sde, x_T, n_steps, t_min, "heun", None)
+
+
+# ============================================================================ flow-matching ODE solvers
+def _flow_run(gm, x_T, ts, interpolant, solver):
+    """The solvers of :mod:`minidiff.flow` on ``gm.velocity(x, t, interpolant)`` through the score-form kernel
+    (``x_e = cx x + cs u``, then the optional second stage ``x <- hx x + hs u + hxe x_e + hse u(x_e)``), each
+    update's coefficients from :func:`minidiff.kernels.formulas.pf_ode_euler_coefficients` /
+    :func:`~minidiff.kernels.formulas.heun_coefficients` with ``f = 0, g = 1, dt = 2 h`` as :mod:`minidiff.flow`
+    calls them (``x + h u`` and ``x + h/2 (u + u_e)``, ``h = t_next - t``)."""
+    from minidiff.flow import _check_grid
+    from minidiff.interpolants import Interpolant
+    from minidiff.kernels.formulas import heun_coefficients, pf_ode_euler_coefficients
+
+    gm = _check_gm(gm)
+    x, numpy_in = _check_x(x_T, gm)
+    if not isinstance(interpolant, Interpolant):
+        raise TypeError(f"interpolant must be a minidiff.interpolants.Interpolant, got {type(interpolant).__name__}")
+    ts = _check_grid(ts).tolist()
+    n = len(ts) - 1
+    pairs = list(zip(ts[:-1], ts[1:]))
+    if solver == "euler":      # Liu et al. 2023, Alg. 1 (sampling): u at ts[:-1]
+        times = ts[:-1]
+        lev2 = list(range(n))
+    elif solver == "heun":     # Karras et al. 2022, Alg. 1 with a velocity, every step corrected: u at every ts
+        times = ts
+        lev2 = list(range(1, n + 1))
+    else:                      # explicit midpoint (Hairer et al. 1993, II.1): u at ts[:-1] and at t + h/2
+        times = ts[:-1] + [t + 0.5 * (tn - t) for t, tn in pairs]
+        lev2 = list(range(n, 2 * n))
+    coef = [interpolant.coefficients(float(t)) for t in times]
+    for t, c in zip(times, coef):
+        if not all(math.isfinite(v) for v in (c.alpha_t, c.sigma_t, c.d_alpha_t, c.d_sigma_t)):
+            raise ValueError(f"ts: the velocity of {interpolant!r} is not defined at t = {t} (evaluate it at "
+                             f"t >= interpolant.t_min = {interpolant.t_min})")
+    cx, cs, heun, hx, hs, hxe, hse = ([] for _ in range(7))
+    for t, tn in pairs:
+        h = tn - t
+        first = pf_ode_euler_coefficients(0.0, 1.0, 2.0 * (0.5 * h if solver == "midpoint" else h))
+        cx.append(first[0]), cs.append(first[1])
+        if solver == "heun":
+            second = heun_coefficients(0.0, 1.0, 0.0, 1.0, 2.0 * h)
+        elif solver == "midpoint":
+            e = pf_ode_euler_coefficients(0.0, 1.0, 2.0 * h)
+            second = (e[0], 0.0, 0.0, e[1])
+        else:
+            second = (0.0, 0.0, 0.0, 0.0)
+        heun.append(solver != "euler"), hx.append(second[0]), hs.append(second[1]), hxe.append(second[2])
+        hse.append(second[3])
+    zeros = [0.0] * n
+    return _score_tables_run(gm, x, numpy_in, [(c.alpha_t, c.sigma_t) for c in coef], list(range(n)), lev2, cx, cs,
+                             zeros, heun, hx, hs, hxe, hse, [-1] * n, None,
+                             rates=[(c.d_alpha_t, c.d_sigma_t) for c in coef])
+
+
+def flow_euler_exact(gm, x_T, ts, interpolant):
+    """Euler's method ``x <- x + (t_next - t) u(x, t)`` on the grid ``ts`` with the exact velocity
+    ``gm.velocity(x, t, interpolant)``, as :func:`minidiff.flow.euler` (Liu et al. 2023, Alg. 1, sampling).
+    ``x_T``: ``(B, d)``, the state at ``ts[0]``. Deterministic. Returns the state at ``ts[-1]``."""
+    return _flow_run(gm, x_T, ts, interpolant, "euler")
+
+
+def flow_heun_exact(gm, x_T, ts, interpolant):
+    """Heun's method (Karras et al. 2022, Alg. 1 with a velocity; every step corrected, the velocity
+    evaluated at every grid time) with the exact velocity, as :func:`minidiff.flow.heun`. Returns ``(B, d)``."""
+    return _flow_run(gm, x_T, ts, interpolant, "heun")
+
+
+def flow_midpoint_exact(gm, x_T, ts, interpolant):
+    """The explicit midpoint method (Hairer et al. 1993, II.1) ``x <- x + h u(x + h/2 u(x, t), t + h/2)``
+    with the exact velocity, as :func:`minidiff.flow.midpoint`. Returns ``(B, d)``."""
+    return _flow_run(gm, x_T, ts, interpolant, "midpoint")

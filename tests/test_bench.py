@@ -28,9 +28,10 @@ def test_bench_course_and_trajectory_rows_print_numbers():
     r = subprocess.run([sys.executable, "-m", "minidiff.kernels.bench", "--trajectories", "64", "--repeat", "1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith(("| DDIM", "| DPM", "| PF-ODE"))]
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith(("| DDIM", "| DPM", "| PF-ODE", "| Flow", "| Predictor"))]
     names = [c[0].strip() for c in rows]
-    for case in ("DDIM-100, eta=0", "DDIM-100, eta=1 (Philox noise)", "DPM-Solver++(2M)-20", "PF-ODE Heun-50 (VP)"):
+    for case in ("DDIM-100, eta=0", "DDIM-100, eta=1 (Philox noise)", "DPM-Solver++(2M)-20", "PF-ODE Heun-50 (VP)",
+                 "Predictor-corrector-100 (VP, 1 corrector)", "Flow heun-50 (linear)", "Flow midpoint-50 (trig)"):
         assert case in names, names
     for cells in rows:
         vals = [float(c) for c in cells[1:]]

@@ -185,3 +185,103 @@ def test_flops_count_is_consistent():
     assert TR.flops_per_sample_step(GRID, heun=True) == 2 * TR.flops_per_sample_step(GRID)
     assert TR.flops_per_sample_step(FULL) > TR.flops_per_sample_step(
         GaussianMixture.isotropic(FULL.means, 0.3, FULL.weights))
+
+
+# ---------------------------------------------------------------------------- flow-matching ODE solvers
+from minidiff import flow  # noqa: E402
+from minidiff.interpolants import Interpolant  # noqa: E402
+
+INTERPOLANTS = {"linear": Interpolant.linear(), "trig": Interpolant.trig(), "vp": Interpolant.vp()}
+FLOW_SOLVERS = {"euler": TR.flow_euler_exact, "heun": TR.flow_heun_exact, "midpoint": TR.flow_midpoint_exact}
+
+
+def flow_grid(kind, n=10, descending=True):
+    t_end = INTERPOLANTS[kind].t_min  # VP: the velocity blows up at t = 0
+    return flow.time_grid(n, 1.0, t_end) if descending else flow.time_grid(n, t_end, 1.0)
+
+
+@pytest.mark.parametrize("gm", [GRID, FULL], ids=["isotropic", "full"])
+@pytest.mark.parametrize("solver", list(FLOW_SOLVERS))
+@pytest.mark.parametrize("kind", list(INTERPOLANTS))
+def test_flow_solvers_fused_equal_the_torch_path(kind, solver, gm):
+    """:func:`minidiff.flow.euler / heun / midpoint` on ``gm.velocity_model(interpolant)`` against the fused
+    solvers, every interpolant (linear and trig start at ``alpha_t = 0``, where the velocity is not a
+    function of the score), float64: equal to rounding."""
+    ip = INTERPOLANTS[kind]
+    x = x_T(gm)
+    ts = flow_grid(kind)
+    want = flow.integrate(gm.velocity_model(ip), x, ts, solver=solver)
+    got = FLOW_SOLVERS[solver](gm, x, ts, ip)
+    assert got.dtype == torch.float64 and got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-11 * max(1.0, float(want.abs().max())))
+    assert float((got - x).abs().max()) > 0.1
+
+
+def test_flow_encoding_direction_and_numpy():
+    """An ascending grid (data to noise, the likelihood's direction) and numpy in, numpy out."""
+    ip = INTERPOLANTS["trig"]
+    x0 = GRID.sample(200, generator=torch.Generator().manual_seed(3))
+    ts = flow_grid("trig", 8, descending=False)
+    want = flow.integrate(GRID.velocity_model(ip), x0, ts, solver="heun")
+    got = TR.flow_heun_exact(GRID, x0.numpy(), ts, ip)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-11 * float(want.abs().max()))
+
+
+def test_flow_arguments_name_themselves():
+    x = x_T(GRID)
+    with pytest.raises(TypeError, match="interpolant must be"):
+        TR.flow_euler_exact(GRID, x, flow.time_grid(4), "linear")
+    with pytest.raises(ValueError, match="ts must be strictly monotone"):
+        TR.flow_heun_exact(GRID, x, [1.0, 0.5, 0.7], INTERPOLANTS["linear"])
+    with pytest.raises(ValueError, match="ts must lie in"):
+        TR.flow_midpoint_exact(GRID, x, [1.5, 0.0], INTERPOLANTS["linear"])
+    with pytest.raises(ValueError, match=r"not defined at t = 0\.0"):  # VP's sigma_t' is infinite at t = 0
+        TR.flow_heun_exact(GRID, x, flow.time_grid(4), INTERPOLANTS["vp"])
+    with pytest.raises(ValueError, match=r"x_T must have shape \(B, 2\)"):
+        TR.flow_euler_exact(GRID, torch.zeros(3, 3, dtype=torch.float64), flow.time_grid(4), INTERPOLANTS["linear"])
+
+
+def test_flow_flops_count_the_velocity():
+    assert TR.flops_per_sample_step(GRID, velocity=True) > TR.flops_per_sample_step(GRID)
+    assert TR.flops_per_sample_step(FULL, heun=True, velocity=True) == 2 * TR.flops_per_sample_step(FULL, velocity=True)
+
+
+# ---------------------------------------------------------------------------- predictor-corrector
+PC_CASES = [(VPSDE(), 1, GRID), (VPSDE(), 2, FULL), (VESDE(sigma_min=0.01, sigma_max=5.0), 1, GRID),
+            (VESDE(sigma_min=0.01, sigma_max=5.0), 0, FULL)]
+
+
+@pytest.mark.parametrize("sde,n_corrector,gm", PC_CASES, ids=["vp-1-iso", "vp-2-full", "ve-1-iso", "ve-0-full"])
+def test_predictor_corrector_fused_equals_the_torch_path(sde, n_corrector, gm):
+    """Song et al. 2021a, Alg. 2/3 with the exact score, 300 samples (3 blocks, the last partial): the same
+    Philox noise (counter ``index (1 + n_corrector) + j``). The corrector's step is a batch mean of norms,
+    summed in another order than torch's (per block, then over blocks): a relative difference of a few
+    1e-16 in the step size, which the later steps carry, hence 1e-10 against 1e-11 for the per-sample kernels."""
+    x = x_T(gm)
+    want = samplers.final(samplers.predictor_corrector(score_fn(gm, sde), x, sde, 20, snr=0.16,
+                                                       n_corrector=n_corrector, noise=noise_for(x)))
+    got = TR.predictor_corrector_exact(gm, x, sde, 20, snr=0.16, n_corrector=n_corrector, seed=SEED)
+    assert got.dtype == torch.float64 and got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * max(1.0, float(want.abs().max())))
+    assert float((got - x).abs().max()) > 0.1
+
+
+def test_predictor_corrector_step_depends_on_the_whole_batch():
+    """The corrector couples the samples: the first 300 of 600 end elsewhere than the 300 alone."""
+    x = x_T(GRID, n=600)
+    a = TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, seed=SEED)[:300]
+    b = TR.predictor_corrector_exact(GRID, x[:300], VPSDE(), 5, seed=SEED)
+    assert float((a - b).abs().max()) > 1e-9
+
+
+def test_predictor_corrector_arguments_name_themselves():
+    x = x_T(GRID)
+    with pytest.raises(ValueError, match="snr"):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, snr=0.0, seed=1)
+    with pytest.raises(ValueError, match="n_corrector"):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5, n_corrector=-1, seed=1)
+    with pytest.raises(ValueError, match="pass seed="):
+        TR.predictor_corrector_exact(GRID, x, VPSDE(), 5)
+    with pytest.raises(TypeError, match="sde must be"):
+        TR.predictor_corrector_exact(GRID, x, S, 5, seed=1)

@@ -149,7 +149,7 @@ def test_stencils(kc, bc, dtype):
 # ---------------------------------------------------------------------------- exact-score trajectories
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("target", ["isotropic", "full"])
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm2m", "em", "heun"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm2m", "em", "heun", "flow-heun-linear", "flow-midpoint-vp"])
 def test_trajectories_match_cpu(kc, monkeypatch, grid, target, sampler):
     """A thread per sample under the simulator against the CPU kernel with the same host tables:
     bitwise for full covariances (both run the one-pass score), within 1e-12 for isotropic ones
@@ -158,7 +158,9 @@ def test_trajectories_match_cpu(kc, monkeypatch, grid, target, sampler):
 
     from minidiff import GaussianMixture
     from minidiff import backend as B
+    from minidiff import flow
     from minidiff import trajectories as TR
+    from minidiff.interpolants import Interpolant
     from minidiff.sde import VPSDE
 
     gm = (GaussianMixture.grid_2d(2, 1.0, 0.2) if target == "isotropic" else
@@ -179,7 +181,10 @@ def test_trajectories_match_cpu(kc, monkeypatch, grid, target, sampler):
             "ddpm": lambda: TR.ddpm_exact(gm, x, s, seed=99),
             "dpm2m": lambda: TR.dpm_solver_2m_exact(gm, x, s, 4),
             "em": lambda: TR.euler_maruyama_exact(gm, x, VPSDE(), 4, seed=99),
-            "heun": lambda: TR.pf_ode_heun_exact(gm, x, VPSDE(), 4)}[sampler]().numpy()
+            "heun": lambda: TR.pf_ode_heun_exact(gm, x, VPSDE(), 4),
+            "flow-heun-linear": lambda: TR.flow_heun_exact(gm, x, flow.time_grid(4), Interpolant.linear()),
+            "flow-midpoint-vp": lambda: TR.flow_midpoint_exact(gm, x, flow.time_grid(4, 1.0, 1e-3),
+                                                               Interpolant.vp())}[sampler]().numpy()
     k0, k1 = F.seed_key(0 if seen["seed"] is None else seen["seed"])
     xn = seen["x"].numpy()
     (got,) = run(kc, seen["kernel"], [xn] + list(seen["tables"]) + [k0, k1, np.zeros_like(xn)], grid)
