@@ -416,7 +416,7 @@ def heun(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
 
 def euler(denoiser, x_T, sigmas, *, backend: str | None = None) -> Iterator:
     """Euler's method in sigma (Alg. 1 without lines 9-11; ``n`` evaluations). On ``x / sqrt(alpha_bar)`` it
-    is DDIM with ``eta = 0`` on the same levels (Song et al. 2021b, eq. 14; Karras et al. 2022, App. B.2)."""
+    is DDIM with ``eta = 0`` on the same levels (Song et al. 2021b, eq. 14; Karras et al. 2022)."""
     from .samplers import _check_x
 
     s = _check_grid(sigmas)
