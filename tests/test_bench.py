@@ -22,6 +22,7 @@ def test_bench_prints_every_case_with_figures():
             v = float(cells[k])
             assert math.isfinite(v) and v >= 0, cells
     assert "a second kernel's first call" in r.stdout
+    assert "from `import numba` to the first result" in r.stdout
 
 
 def test_bench_course_and_trajectory_rows_print_numbers():
