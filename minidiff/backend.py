@@ -248,7 +248,7 @@ def _launch(name: str, like: torch.Tensor, args: list, space_dims: int = 0, draw
     if like.device.type != "cpu":
         raise RuntimeError(f"the numba backend runs on CPU or CUDA tensors, got device {like.device}")
     host = [_host_rows(a, space_dims) if isinstance(a, torch.Tensor) else a for a in args]
-    if name in _UNIFORM and not draws_noise:  # rows fused, as in :func:`_update_host`
+    if _fuses_rows(name, draws_noise):
         host = [a.reshape(1, -1) if isinstance(a, np.ndarray) else a for a in host]
     _cpu_kernels().run(name, host, like.shape[0] * (1 << 13) if per_sample else like.numel(), draws_noise)
 
@@ -487,7 +487,7 @@ def _update_host(kernel, host, has_noise, coefs, mode, seed, step, n_out, numpy_
         else:
             # Rows fused into one when every sample gets the same coefficients and no per-sample Philox
             # counter is needed: the kernel then walks one contiguous range (no views per short row).
-            rows = (1, size) if kernel in _UNIFORM and mode != _NOISE_PHILOX else (shape[0], size // shape[0])
+            rows = (1, size) if _fuses_rows(kernel, mode == _NOISE_PHILOX) else (shape[0], size // shape[0])
             if kernel == "q_sample" and mode != _NOISE_PHILOX and rows[0] >= 64:
                 t = coefs[0]  # per-sample t_index: one row when every sample has the same one
                 if t[0] == t[-1] and (t == t[0]).all():
@@ -508,6 +508,13 @@ def _update_host(kernel, host, has_noise, coefs, mode, seed, step, n_out, numpy_
 
 
 _UNIFORM = frozenset(("ddpm", "ddim", "em", "heun"))  # kernels whose coefficients are the same for every sample
+
+
+def _fuses_rows(kernel: str, draws_noise: bool) -> bool:
+    """Whether a CPU kernel may walk its arrays as one row ``(1, B n)`` instead of ``(B, n)`` (both launch
+    paths): its coefficients are the same for every sample and no per-sample Philox counter is needed, so
+    the result is bitwise the same without a view per short row."""
+    return kernel in _UNIFORM and not draws_noise
 
 
 _COEFS: dict = {}  # id(schedule) -> (weak reference to it, {key: coefficients}): the tables are read-only

@@ -311,6 +311,12 @@ def _langevin_corrector_step_size(score, z, snr: float, alpha: float) -> float:
     return langevin_corrector_step_size(float(norm(z)), float(norm(score)), snr, alpha)
 
 
+def _corrector_alpha(F: float) -> float:
+    """Song et al.'s ``alpha_i`` in the corrector's step size from the predictor's ``F`` of
+    ``sde.discretize``: ``(1 + F)^2``, which is ``1 - beta_i`` for VP (Alg. 3) and 1 for VE (Alg. 2)."""
+    return (1.0 + F) ** 2
+
+
 def _predictor_corrector(score_fn, x, sde, ts, snr, n_corrector, src, backend):
     per_step = 1 + n_corrector
     for i, (t, t_next) in enumerate(zip(ts[:-1].tolist(), ts[1:].tolist())):
@@ -319,7 +325,7 @@ def _predictor_corrector(score_fn, x, sde, ts, snr, n_corrector, src, backend):
         F, G = sde.discretize(t, t - t_next)
         x = _checked(_backend.reverse_sde_step(x, score, drift_coef=F, diffusion=G, dt=1.0, backend=backend,
                                                **src.kwargs(i * per_step)), i, f"predictor at t={t}")
-        alpha = (1.0 + F) ** 2  # 1 - beta_i (VP), 1 (VE)
+        alpha = _corrector_alpha(F)
         for j in range(1, n_corrector + 1):
             score = _evaluate(score_fn, "score_fn", x, t_next, index=i)
             z = src.tensor(i * per_step + j, x)

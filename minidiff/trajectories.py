@@ -352,6 +352,7 @@ def predictor_corrector_exact(gm, x_T, sde, n_steps: int, *, snr: float = 0.16, 
     samples each corrector step). Noise counter ``step = index (1 + n_corrector) + j``. CPU tensors or numpy
     only. Returns the samples ``(B, d)``."""
     from minidiff.kernels.formulas import reverse_sde_coefficients
+    from minidiff.samplers import _corrector_alpha
 
     gm = _check_gm(gm)
     x, numpy_in = _check_x(x_T, gm)
@@ -367,7 +368,7 @@ def predictor_corrector_exact(gm, x_T, sde, n_steps: int, *, snr: float = 0.16, 
     for t, tn in zip(ts[:-1], ts[1:]):
         F, G = sde.discretize(t, t - tn)
         coef = reverse_sde_coefficients(F, G, 1.0)
-        cx.append(coef[0]), cs.append(coef[1]), cz.append(coef[2]), alpha_c.append((1.0 + F) ** 2)  # 1 - beta_i, 1
+        cx.append(coef[0]), cs.append(coef[1]), cz.append(coef[2]), alpha_c.append(_corrector_alpha(F))
     n = len(ts) - 1
     tables = [prec, const, iso, _i64(np.arange(n)), _i64(np.arange(1, n + 1)), alpha_t, sigma_t, _f64(cx), _f64(cs),
               _f64(cz), _f64(alpha_c), int(n_corrector), float(snr)]
