@@ -15,6 +15,7 @@ import math
 import types
 
 import numba
+import numpy as np
 from numba import cuda
 
 from . import _cache  # noqa: F401
@@ -264,3 +265,172 @@ def score_trajectories(x, means, prec, const, iso, field, wacc, mu_c, lev, lev2,
                     cs, cz, heun, hx, hs, hxe, hse, nstep, k0, k1, blk[0, :d], blk[1, :d], blk[2, :d], blk[3, :d],
                     blk[4, :d], lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d],
                     vec[2, :d])
+
+
+# ---------------------------------------------------------------------------- predictor-corrector trajectories
+# Predictor-corrector (Song et al. 2021a, Alg. 2/3) couples the samples through the corrector's batch means of
+# ||z|| and ||score|| (kernels/trajectories.py, langevin_corrector_step_size), so it runs as the CPU driver does,
+# in phases, each a launch on one stream (no host synchronisation): the predictor; the corrector's score, noise and
+# per-block norm sums; one block reducing those sums to the step's coefficients; the corrector update. The state,
+# noise and score of every sample live in float64 ``(B, d, 1)`` device arrays (the ``(d, R = 1)`` block of a
+# thread). Sums run in a fixed order for a given launch configuration (no atomics): deterministic.
+_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum"]
+_load_block, _store_block = _t["load_block"], _t["store_block"]
+_corrector_step_size, _langevin_coefficients = _t["langevin_corrector_step_size"], _t["langevin_coefficients"]
+
+
+@cuda.jit(device=True)
+def _pc_score_and_noise(X, Z, SC, b, L, means, prec, const, iso, alpha_t, step, k0, k1):
+    """The score of ``X`` (``(d, 1)``, sample ``b``) at level ``L`` into ``SC`` and its noise at counter ``step``
+    into ``Z`` (the one-pass score, as the other CUDA trajectories)."""
+    d = X.shape[0]
+    vec = cuda.local.array((3, MAX_DIM_CUDA), numba.float64)
+    lanes = cuda.local.array((4, 1), numba.float64)
+    words = cuda.local.array((4, 1), numba.float64)
+    quad = cuda.local.array((2, 1), numba.int64)
+    _score_and_noise(X, 1, alpha_t[L], L, means, prec, const, iso, False, False, prec, alpha_t, step, k0, k1, b, Z,
+                     SC, lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
+
+
+@cuda.jit
+def pc_load(x, state):
+    """``state[b, :, 0] = x[b]`` in float64."""
+    for b in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        _load_block(x, b, 1, state[b])
+
+
+@cuda.jit
+def pc_store(state, out):
+    for b in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        _store_block(state[b], b, 1, out)
+
+
+@cuda.jit
+def pc_predictor(state, means, prec, const, iso, lev, alpha_t, cx, cs, cz, i, step, k0, k1):
+    """Step ``i``'s reverse-diffusion predictor ``x <- cx x + cs score + cz z`` at level ``lev[i]``."""
+    B, d, _ = state.shape
+    blk = cuda.local.array((2, MAX_DIM_CUDA, 1), numba.float64)
+    for b in range(cuda.grid(1), B, cuda.gridsize(1)):
+        X = state[b]
+        _pc_score_and_noise(X, blk[0, :d], blk[1, :d], b, lev[i], means, prec, const, iso, alpha_t, step, k0, k1)
+        _euler_block(X, X, 1, blk[1, :d], blk[0, :d], cx[i], cs[i], cz[i], True)
+
+
+@cuda.jit
+def pc_corrector_terms(state, noise, score, means, prec, const, iso, lev2, alpha_t, i, step, k0, k1, part):
+    """The corrector's score and noise of every sample at level ``lev2[i]``, and per block the sums of their
+    norms, ``part[block] = (sum ||z||, sum ||score||)`` (a thread's samples in order, then its block's threads)."""
+    B = state.shape[0]
+    zs = 0.0
+    ss = 0.0
+    for b in range(cuda.grid(1), B, cuda.gridsize(1)):
+        _pc_score_and_noise(state[b], noise[b], score[b], b, lev2[i], means, prec, const, iso, alpha_t, step, k0, k1)
+        zs += _norm_sum(noise[b], 1)
+        ss += _norm_sum(score[b], 1)
+    sh = cuda.shared.array((2, THREADS), numba.float64)
+    t = cuda.threadIdx.x
+    sh[0, t] = zs
+    sh[1, t] = ss
+    cuda.syncthreads()
+    if t == 0:
+        for u in range(1, cuda.blockDim.x):
+            zs += sh[0, u]
+            ss += sh[1, u]
+        part[cuda.blockIdx.x, 0] = zs
+        part[cuda.blockIdx.x, 1] = ss
+
+
+@cuda.jit
+def pc_corrector_coefficients(part, B, snr, alpha_c, i, coef):
+    """One block: the batch means of the norms from the per-block ``part`` sums (a thread's rows in order, then
+    the block's threads), the Langevin step :func:`langevin_corrector_step_size` and ``coef = (cx, cs, cz)`` of
+    ``x + step/2 score + sqrt(step) z``."""
+    t = cuda.threadIdx.x
+    zs = 0.0
+    ss = 0.0
+    for r in range(t, part.shape[0], cuda.blockDim.x):
+        zs += part[r, 0]
+        ss += part[r, 1]
+    sh = cuda.shared.array((2, THREADS), numba.float64)
+    sh[0, t] = zs
+    sh[1, t] = ss
+    cuda.syncthreads()
+    if t == 0:
+        for u in range(1, cuda.blockDim.x):
+            zs += sh[0, u]
+            ss += sh[1, u]
+        c0, c1, c2 = _langevin_coefficients(_corrector_step_size(zs / B, ss / B, snr, alpha_c[i]))
+        coef[0] = c0
+        coef[1] = c1
+        coef[2] = c2
+
+
+@cuda.jit
+def pc_corrector_update(state, noise, score, coef):
+    """The Langevin corrector ``x <- x + step/2 score + sqrt(step) z`` with the batch's ``coef``."""
+    for b in range(cuda.grid(1), state.shape[0], cuda.gridsize(1)):
+        X = state[b]
+        _euler_block(X, X, 1, score[b], noise[b], coef[0], coef[1], coef[2], True)
+
+
+def _pc_check(x, means, prec, const, lev, lev2, alpha_t, sigma_t, cx, cs, cz, alpha_c, n_corrector, out, threads):
+    """The CPU driver's table checks (``kernels/cpu.py``, ``_check_gm``), on the host: a ValueError, not a
+    read out of bounds."""
+    if len(x.shape) != 2 or tuple(x.shape) != tuple(out.shape) or x.shape[1] != means.shape[1]:
+        raise ValueError("trajectory arrays: x and out must be (B, d) with d = means.shape[1]")
+    if x.shape[1] > MAX_DIM_CUDA:
+        raise ValueError(f"the CUDA trajectory kernels take dimension <= {MAX_DIM_CUDA}, got {x.shape[1]}")
+    L, K = const.shape
+    if prec.shape[0] != L or prec.shape[1] != K or K != means.shape[0] or alpha_t.shape[0] != L \
+            or sigma_t.shape[0] != L:
+        raise ValueError("trajectory tables disagree in the number of levels or components")
+    n = lev.shape[0]
+    if any(a.shape[0] != n for a in (lev2, cx, cs, cz, alpha_c)):
+        raise ValueError("predictor-corrector step tables (lev, lev2, cx, cs, cz, alpha_c) differ in length")
+    for levels in (lev, lev2):
+        h = levels.copy_to_host()
+        if h.size and (h.min() < 0 or h.max() >= L):
+            raise ValueError("trajectory level index out of range")
+    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or n_corrector < 0:
+        raise ValueError(f"n_corrector must be an int >= 0, got {n_corrector!r}")
+    if threads > THREADS:
+        raise ValueError(f"pc_trajectories: at most {THREADS} threads a block, got {threads}")
+
+
+def _pc_run(blocks, threads, stream, x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx, cs, cz, alpha_c,
+            n_corrector, snr, k0, k1, out):
+    """Predictor-corrector on the exact mixture score, the CPU ``pc_trajectories``' arguments and noise counters
+    (step ``i``: predictor ``i (1 + n_corrector)``, corrector ``j`` that ``+ j``), as the launches of the section
+    notes on ``stream``."""
+    _pc_check(x, means, prec, const, lev, lev2, alpha_t, sigma_t, cx, cs, cz, alpha_c, n_corrector, out, threads)
+    B, d = x.shape
+    state, noise, score = (cuda.device_array((B, d, 1), np.float64, stream=stream) for _ in range(3))
+    part = cuda.device_array((blocks, 2), np.float64, stream=stream)
+    coef = cuda.device_array(3, np.float64, stream=stream)
+    grid = (blocks, threads, stream)
+    per = 1 + int(n_corrector)
+    pc_load[grid](x, state)
+    for i in range(lev.shape[0]):
+        pc_predictor[grid](state, means, prec, const, iso, lev, alpha_t, cx, cs, cz, i, i * per, k0, k1)
+        for j in range(1, per):
+            pc_corrector_terms[grid](state, noise, score, means, prec, const, iso, lev2, alpha_t, i, i * per + j,
+                                     k0, k1, part)
+            pc_corrector_coefficients[1, threads, stream](part, B, snr, alpha_c, i, coef)
+            pc_corrector_update[grid](state, noise, score, coef)
+    pc_store[grid](state, out)
+
+
+class _Phases:
+    """A host driver launched like a kernel, ``k[blocks, threads, stream](*args)`` (as :func:`launch` and
+    :func:`launch_on_stream` do), that runs its phases as kernels on that stream with that grid."""
+
+    def __init__(self, run):
+        self._run = run
+        self.__doc__ = run.__doc__
+
+    def __getitem__(self, config):
+        blocks, threads, stream = (tuple(config) + (0,))[:3]
+        return functools.partial(self._run, int(blocks), int(threads), stream)
+
+
+pc_trajectories = _Phases(_pc_run)

@@ -20,8 +20,8 @@ matching step-by-step sampler driven by the exact score --
 :func:`flow_midpoint_exact`      :func:`minidiff.flow.midpoint` with the exact velocity
 ===============================  =============================================================================
 
--- and :func:`predictor_corrector_exact`, :func:`minidiff.samplers.predictor_corrector` (CPU only: its corrector's
-step uses batch means) -- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
+-- and :func:`predictor_corrector_exact`, :func:`minidiff.samplers.predictor_corrector` (its corrector's
+step uses batch means: phased drivers on both targets) -- equal to rounding in float64 (``tests/test_trajectories.py``). Noise is counter-based Philox
 (Salmon et al. 2011): with ``seed=S`` a trajectory sees exactly the noise the step-by-step sampler
 sees with ``noise=lambda step: minidiff.backend.normal(x.shape, S, step, dtype=x.dtype)``.
 
@@ -348,17 +348,15 @@ def predictor_corrector_exact(gm, x_T, sde, n_steps: int, *, snr: float = 0.16, 
     :func:`minidiff.samplers.predictor_corrector`: the reverse-diffusion predictor
     ``x <- (1 - F) x + G^2 score(x, t) + G z`` with ``(F, G) = sde.discretize(t, t - t_next)``, then
     ``n_corrector`` Langevin steps at ``t_next`` whose size uses the batch means of ``||z||`` and ``||score||``
-    (so every sample's step depends on the whole batch: the CPU driver ``pc_trajectories`` reduces over all
-    samples each corrector step). Noise counter ``step = index (1 + n_corrector) + j``. CPU tensors or numpy
-    only. Returns the samples ``(B, d)``."""
+    (so every sample's step depends on the whole batch: the drivers ``pc_trajectories`` of ``kernels/cpu.py`` and
+    ``kernels/cuda.py`` reduce over all samples each corrector step, the latter on the device in a fixed order).
+    Noise counter ``step = index (1 + n_corrector) + j``. CPU or CUDA tensors, or numpy. Returns the samples
+    ``(B, d)``."""
     from minidiff.kernels.formulas import reverse_sde_coefficients
     from minidiff.samplers import _corrector_alpha
 
     gm = _check_gm(gm)
     x, numpy_in = _check_x(x_T, gm)
-    if x.device.type != "cpu":
-        raise ValueError(f"predictor_corrector_exact runs on the CPU (its corrector reduces over the batch), "
-                         f"got x_T on {x.device}")
     ts = _sde_grid(sde, n_steps, t_min)
     snr = _checks.check_positive(snr, "snr")
     n_corrector = _checks.check_count(n_corrector, "n_corrector", low=0)
