@@ -23,7 +23,7 @@ NB_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 CORES := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install lab test test-all test-unit test-browser test-cudasim test-notebooks course site student bench clean help
+.PHONY: install lab test test-all test-unit test-browser test-cudasim test-notebooks course site student bench gpu-check clean help
 
 help:
 	@echo "make lab     - set everything up and open the course in JupyterLab"
@@ -95,6 +95,11 @@ student: install
 
 bench: install
 	$(PY) -m minidiff.kernels.bench
+
+# The prepared GPU check (kernels/BENCHMARKS.md, GPU): CUDA tests without the simulator and the CUDA benchmarks,
+# logged under GPU_CHECK_DIR (default $$OUT, else test-output/gpu-check). No install step: a GPU machine brings its own.
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_DIR)
 
 clean:
 	rm -rf site student test-output .pytest_cache build *.egg-info

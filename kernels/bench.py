@@ -6,6 +6,7 @@
     python -m minidiff.kernels.bench --course            # the course's sizes, Philox vs torch.randn, step breakdown
     python -m minidiff.kernels.bench --normals           # only Philox vs torch.randn and numpy
     python -m minidiff.kernels.bench --trajectories 10000 100000 1000000  # fused exact-score samplers vs torch
+    python -m minidiff.kernels.bench --device cuda --trajectories 1000000  # the same kernels on CUDA vs 2 CPU threads
 
 For every case and size: GB/s on a minimum-bytes basis (each array the update must read or write,
 once), both for the call as the course makes it (allocating its outputs) and into preallocated
@@ -551,9 +552,10 @@ def peak_gflops() -> tuple[float, float, str]:
     return p64, 2 * p64, f"{cores} cores x 2 FMA x {lanes64} fp64 lanes x 2 x {mhz / 1e3:.2f} GHz"
 
 
-def _trajectory_cases(n: int):
+def _trajectory_cases(n: int, device: str = "cpu"):
     """``(name, steps, score evaluations a step, fused, torch path[, velocity])`` on the exact 9-component 2-D
-    mixture (``velocity``: the field evaluated is the flow velocity, counted by ``flops_per_sample_step``)."""
+    mixture (``velocity``: the field evaluated is the flow velocity, counted by ``flops_per_sample_step``);
+    ``device``: where ``x_T`` lives (the torch path is CPU only)."""
     from minidiff import GaussianMixture, flow, samplers
     from minidiff import trajectories as TR
     from minidiff.interpolants import Interpolant
@@ -563,7 +565,7 @@ def _trajectory_cases(n: int):
     gm = GaussianMixture.grid_2d(3, 1.0, 0.1)
     sde = VPSDE()
     score = lambda x, t: gm.noised(sde.mean_scale(t), sde.marginal_std(t)).score(x)  # noqa: E731
-    x = B.normal((n, 2), seed=7, dtype=torch.float64)
+    x = B.normal((n, 2), seed=7, dtype=torch.float64, device=device)
     nz = lambda st: B.normal(x.shape, 3, st, dtype=x.dtype)  # noqa: E731
     eps = gm.eps_model(S)
     return gm, [
@@ -625,6 +627,45 @@ def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
     return lines
 
 
+def trajectory_rows_cuda(sizes, repeat: int, only: str = "", cpu_threads: int = 2) -> list[str]:
+    """The fused trajectory kernels of :func:`trajectory_rows` on CUDA (a thread per sample; predictor-corrector
+    in phased launches) against the same fused kernels on ``cpu_threads`` numba threads (the 2-core CPU figure),
+    same inputs and noise: best-of-``repeat`` seconds (GPU synchronised), the speed-up, sample-steps/s, GFLOP/s
+    (``flops_per_sample_step``) and the max abs difference GPU - CPU (float64: libdevice's exp/log/cos and FMA
+    contraction differ from the CPU in the last ulps; predictor-corrector also sums its norms in another order)."""
+    import numba
+
+    from minidiff import trajectories as TR
+
+    cpu_threads = min(cpu_threads, numba.config.NUMBA_NUM_THREADS)
+    lines = [f"| sampler | samples | fused CPU s ({cpu_threads} threads) | fused CUDA s | CUDA x CPU | "
+             f"M sample-steps/s (CUDA) | GFLOP/s (CUDA) | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    print(f"# {torch.cuda.get_device_name()}\n" + "\n".join(lines), flush=True)
+    gpu = lambda f: lambda: (f(), torch.cuda.synchronize())  # noqa: E731
+    for n in sizes:
+        gm, on_cpu = _trajectory_cases(n)
+        _, on_gpu = _trajectory_cases(n, "cuda")
+        for (name, steps, evals, fused_cpu, _, *velocity), (_, _, _, fused_gpu, *_) in zip(on_cpu, on_gpu):
+            if only not in name:
+                continue
+            tg = _time(gpu(fused_gpu), repeat)  # the warm-up call compiles
+            threads = numba.get_num_threads()
+            numba.set_num_threads(cpu_threads)
+            try:
+                tc = _time(fused_cpu, repeat)
+                want = fused_cpu()
+            finally:
+                numba.set_num_threads(threads)
+            diff = float((fused_gpu().cpu() - want).abs().max())
+            gflops = TR.flops_per_sample_step(gm, evals == 2, bool(velocity)) * n * steps / tg / 1e9
+            lines.append(f"| {name} | {n} | {tc:.3f} | {tg:.4f} | {tc / tg:.1f} | {n * steps / tg / 1e6:.0f} "
+                         f"| {gflops:.1f} | {diff:.1e} |")
+            print(lines[-1], flush=True)
+    lines.append(f"\nfused kernels only, both float64, best of {repeat} after a warm-up (which compiles); the "
+                 f"goal of issue 22 is CUDA >= 50x the 2-core CPU")
+    return lines
+
+
 def machine() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -676,7 +717,10 @@ def main(argv=None):
             print("\n".join(fused_rows(repeat)) + "\n", flush=True)
             print("\n".join(check_rows(repeat)) + "\n", flush=True)
             print("\n".join(step_breakdown(repeat)) + "\n", flush=True)
-        if a.trajectories:
+        if a.trajectories and a.device == "cuda":
+            B._cuda_kernels()  # a clear RuntimeError without numba-cuda or a GPU
+            print(trajectory_rows_cuda(a.trajectories, repeat, a.only)[-1], flush=True)
+        elif a.trajectories:
             lines = trajectory_rows(a.trajectories, repeat, a.only)
             print(lines[-1], flush=True)
         return
