@@ -292,6 +292,22 @@ def _pc_score_and_noise(X, Z, SC, b, L, means, prec, const, iso, alpha_t, step, 
                      SC, lanes[:1], lanes, quad[0], words[:2], words[2:], quad, vec[0, :d], vec[1, :d], vec[2, :d])
 
 
+@cuda.jit(device=True)
+def _block_sums(zs, ss):
+    """The sums of every thread's ``(zs, ss)`` over the block, in thread order (valid on thread 0); every
+    thread of the block must call it (it synchronises the block)."""
+    sh = cuda.shared.array((2, THREADS), numba.float64)
+    t = cuda.threadIdx.x
+    sh[0, t] = zs
+    sh[1, t] = ss
+    cuda.syncthreads()
+    if t == 0:
+        for u in range(1, cuda.blockDim.x):
+            zs += sh[0, u]
+            ss += sh[1, u]
+    return zs, ss
+
+
 @cuda.jit
 def pc_load(x, state):
     """``state[b, :, 0] = x[b]`` in float64."""
@@ -327,15 +343,8 @@ def pc_corrector_terms(state, noise, score, means, prec, const, iso, lev2, alpha
         _pc_score_and_noise(state[b], noise[b], score[b], b, lev2[i], means, prec, const, iso, alpha_t, step, k0, k1)
         zs += _norm_sum(noise[b], 1)
         ss += _norm_sum(score[b], 1)
-    sh = cuda.shared.array((2, THREADS), numba.float64)
-    t = cuda.threadIdx.x
-    sh[0, t] = zs
-    sh[1, t] = ss
-    cuda.syncthreads()
-    if t == 0:
-        for u in range(1, cuda.blockDim.x):
-            zs += sh[0, u]
-            ss += sh[1, u]
+    zs, ss = _block_sums(zs, ss)
+    if cuda.threadIdx.x == 0:
         part[cuda.blockIdx.x, 0] = zs
         part[cuda.blockIdx.x, 1] = ss
 
@@ -351,14 +360,8 @@ def pc_corrector_coefficients(part, B, snr, alpha_c, i, coef):
     for r in range(t, part.shape[0], cuda.blockDim.x):
         zs += part[r, 0]
         ss += part[r, 1]
-    sh = cuda.shared.array((2, THREADS), numba.float64)
-    sh[0, t] = zs
-    sh[1, t] = ss
-    cuda.syncthreads()
+    zs, ss = _block_sums(zs, ss)
     if t == 0:
-        for u in range(1, cuda.blockDim.x):
-            zs += sh[0, u]
-            ss += sh[1, u]
         c0, c1, c2 = _langevin_coefficients(_corrector_step_size(zs / B, ss / B, snr, alpha_c[i]))
         coef[0] = c0
         coef[1] = c1

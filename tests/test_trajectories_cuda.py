@@ -11,16 +11,7 @@ from minidiff import flow
 from minidiff import trajectories as TR
 from minidiff.interpolants import Interpolant
 from minidiff.sde import VPSDE
-
-
-def _gpu() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        B._cuda_kernels()
-    except RuntimeError:
-        return False
-    return True
+from test_kernels_cuda import _gpu
 
 
 pytestmark = pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU and numba-cuda")
