@@ -6,8 +6,9 @@ Tolerance: both fused paths draw bitwise the same noise (``normal4`` on (seed, s
 in the score for isotropic mixtures (the CPU's two-pass score, ~1e-16 relative a step) and, for every mixture, in
 the order the corrector's norm sums are added (CPU: 128-lane blocks then blocks; CUDA: a thread's samples, its
 block, then the blocks; torch: its own reduction). Each order is within ``B eps`` relative of the exact sum, so the
-step sizes agree to a few 1e-16 relative at this B, and the steps carry that forward: 1e-10 (as the CPU test in
-tests/test_trajectories.py), against 1e-12 for the per-sample kernels."""
+step sizes agree to a few 1e-16 relative at this B, and the steps carry that forward. Against the CPU fused path
+1e-12 (as the per-sample kernels here; measured at most 2e-15 over these cases), against the torch sampler 1e-10
+(as the CPU test in tests/test_trajectories.py, 300 samples and 20 steps there)."""
 import numpy as np
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_pc_cuda_equals_cpu_fused_and_torch_path(kc, monkeypatch, grid, sde, n_c
     want_cpu, tables = tables_of(monkeypatch, gm, x, sde, 4, n_corrector)
     got = run_pc(kc, x.numpy(), tables, grid)
     scale = max(1.0, float(np.abs(want_cpu).max()))
-    np.testing.assert_allclose(got, want_cpu, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(got, want_cpu, rtol=0, atol=1e-12 * scale)
     score = lambda x_, t: gm.noised(sde.mean_scale(t), sde.marginal_std(t)).score(x_)  # noqa: E731
     want_torch = samplers.final(samplers.predictor_corrector(
         score, x, sde, 4, snr=0.16, n_corrector=n_corrector,
