@@ -170,7 +170,7 @@ def _t_vector(t_index, B: int, schedule) -> np.ndarray:
     if (type(t_index) is torch.Tensor and t_index.dtype == torch.int64 and t_index.is_cpu and t_index.ndim == 1
             and t_index.shape[0] == B):
         arr = (t_index if t_index.is_contiguous() else t_index.contiguous()).numpy()
-        if not B or (arr.min() >= 0 and arr.max() < T):
+        if not B or arr.view(np.uint64).max() < T:  # one reduction: a negative entry is >= 2**63 as uint64
             return arr
     raw = t_index if hasattr(t_index, "detach") else np.asarray(t_index)
     if isinstance(raw, np.ndarray) and raw.dtype == object and raw.size:
