@@ -166,7 +166,9 @@ def _t_vector(t_index, B: int, schedule) -> np.ndarray:
     large for int64 (numpy makes them dtype object) get the range message, not a dtype one."""
     T = schedule.T
     if type(t_index) is int and 0 <= t_index < T:  # the common cases, checked without copies
-        return np.full(B, t_index, dtype=np.int64)
+        arr = np.empty(B, np.int64)
+        arr.fill(t_index)  # empty + fill: 1.0 us against np.full's 2.2 at 16 samples
+        return arr
     if (type(t_index) is torch.Tensor and t_index.dtype == torch.int64 and t_index.is_cpu and t_index.ndim == 1
             and t_index.shape[0] == B):
         arr = (t_index if t_index.is_contiguous() else t_index.contiguous()).numpy()
