@@ -112,6 +112,9 @@ def _as_tensor(x, name: str) -> torch.Tensor:
 def _like(x: torch.Tensor, other, name: str, ref: str = "x") -> torch.Tensor:
     """``other`` as a tensor with ``x``'s shape, dtype and device, else an error naming ``name``
     (``ref`` is the name of ``x`` in the message)."""
+    if (type(other) is torch.Tensor and other.shape == x.shape and other.dtype == x.dtype and other.is_cpu
+            and x.is_cpu and not other.requires_grad):
+        return other  # the common case: what _as_tensor would return, without its checks twice (~1 us)
     t = _as_tensor(other, name)
     if t.shape == x.shape and t.dtype == x.dtype and (t.is_cpu and x.is_cpu or t.device == x.device):
         return t
@@ -163,11 +166,13 @@ def _t_vector(t_index, B: int, schedule) -> np.ndarray:
     large for int64 (numpy makes them dtype object) get the range message, not a dtype one."""
     T = schedule.T
     if type(t_index) is int and 0 <= t_index < T:  # the common cases, checked without copies
-        return np.full(B, t_index, dtype=np.int64)
+        arr = np.empty(B, np.int64)
+        arr.fill(t_index)  # empty + fill: 1.0 us against np.full's 2.2 at 16 samples
+        return arr
     if (type(t_index) is torch.Tensor and t_index.dtype == torch.int64 and t_index.is_cpu and t_index.ndim == 1
             and t_index.shape[0] == B):
         arr = (t_index if t_index.is_contiguous() else t_index.contiguous()).numpy()
-        if not B or (arr.min() >= 0 and arr.max() < T):
+        if not B or arr.view(np.uint64).max() < T:  # one reduction: a negative entry is >= 2**63 as uint64
             return arr
     raw = t_index if hasattr(t_index, "detach") else np.asarray(t_index)
     if isinstance(raw, np.ndarray) and raw.dtype == object and raw.size:
