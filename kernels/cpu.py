@@ -402,9 +402,9 @@ def ftcs2d(u, r, bc, out):
 # blocks of ROWS samples, each block with its own transposed (d, ROWS) scratch, the loops over the block's
 # samples vectorised (the score, a libm-free exp, the update); any d, any K.
 _t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle, philox=philox_words,
-                                  noise_jit=njit(error_model="numpy"))
+                                  noise_jit=njit(error_model="numpy"), score_jit=njit(fastmath={"contract"}))
 _eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
-_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum"]
+_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum_rows"]
 _load_block, _store_block = _t["load_block"], _t["store_block"]
 _corrector_step_size, _langevin_coefficients = _t["langevin_corrector_step_size"], _t["langevin_coefficients"]
 
@@ -502,8 +502,8 @@ def pc_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx,
                 if j == 0:
                     _euler_block(X, X, R, SC, Z, cx[i], cs[i], cz[i], True)
                 else:
-                    part[task, 0] = _norm_sum(Z, R)
-                    part[task, 1] = _norm_sum(SC, R)
+                    part[task, 0] = _norm_sum(Z, R, lanes[task, 0])
+                    part[task, 1] = _norm_sum(SC, R, lanes[task, 0])
             if j > 0:
                 zs = 0.0
                 ss = 0.0
