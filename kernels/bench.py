@@ -619,13 +619,14 @@ def _trajectory_cases(n: int, device: str = "cpu"):
                                    ("midpoint", 50, Interpolant.trig()))]
 
 
-def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
+def trajectory_rows(sizes, repeat: int, only: str = "", clock=time.perf_counter) -> list[str]:
     """Whole samplers on the exact 9-component 2-D mixture (``GaussianMixture.grid_2d(3)``) at each of
     ``sizes`` samples: the fused trajectory kernel (:mod:`minidiff.trajectories`) against the
     step-by-step sampler with the torch mixture score (the notebooks' path before), same noise;
     the speed-up, sample-steps/s and GFLOP/s (flops counted by ``flops_per_sample_step``) against
     the fp64 peak of ``lscpu``'s cores x clock x vector width x FMA. ``only``: the samplers whose
-    name contains it (all by default)."""
+    name contains it (all by default). ``clock``: ``time.thread_time`` for a single-threaded run on a loaded
+    machine (both paths then measured in CPU time of the calling thread, interleaved sampler by sampler)."""
     from minidiff import trajectories as TR
 
     p64, _, how = peak_gflops()
@@ -638,10 +639,10 @@ def trajectory_rows(sizes, repeat: int, only: str = "") -> list[str]:
             if only not in name:
                 continue
             fused()  # compile / load the cached kernel
-            tf = _time(fused, repeat)
-            t0 = time.perf_counter()
+            tf = _time(fused, repeat, clock=clock)
+            t0 = clock()
             want = ref()
-            tr = time.perf_counter() - t0
+            tr = clock() - t0
             diff = float((fused() - want).abs().max())
             gflops = TR.flops_per_sample_step(gm, evals == 2, bool(velocity)) * n * steps / tf / 1e9
             lines.append(f"| {name} | {n} | {tr:.2f} | {tf:.3f} | {tr / tf:.1f} | {n * steps / tf / 1e6:.1f} "
@@ -695,6 +696,52 @@ def trajectory_rows_cuda(sizes, repeat: int, only: str = "", cpu_threads: int = 
     return lines
 
 
+def trajectory_part_rows(repeat: int, n_blocks: int = 4000) -> list[str]:
+    """Where a fused trajectory step's time goes, per sample, on one block of ``ROWS`` samples of the exact
+    9-component 2-D mixture, each part called ``n_blocks`` times from a compiled loop (thread CPU time, best of
+    ``repeat``): the isotropic two-pass score, the step's Philox normals, an Euler / Langevin update and the
+    predictor-corrector's two norm sums."""
+    from numba import njit
+
+    from minidiff import GaussianMixture
+    from minidiff import trajectories as TR
+    from minidiff.kernels import cpu
+    from minidiff.kernels.trajectories import ROWS
+
+    t = cpu._t
+    score_block, noise_block, euler_block, norm_sum = (t["score_block"], t["noise_block"], t["euler_block"],
+                                                       t["norm_sum_rows"])
+
+    @njit
+    def parts(what, n, X, Z, SC, LG, lanes, ti, wr, phi, quad, vec, means, prec, const):
+        s = 0.0
+        for it in range(n):
+            if what == 0:
+                score_block(X, ROWS, 0.8, 0, means, prec, const, True, True, False, prec, const[:, 0], LG, lanes, ti,
+                            vec[0], vec[1], vec[2], SC)
+            elif what == 1:
+                noise_block(1, 2, it * ROWS, ROWS, it, Z, wr, phi, quad)
+            elif what == 2:
+                euler_block(X, X, ROWS, SC, Z, 1.0, 1e-9, 1e-9, True)
+            else:
+                s += norm_sum(Z, ROWS, lanes[0]) + norm_sum(SC, ROWS, lanes[0])
+        return s
+
+    gm = GaussianMixture.grid_2d(3, 1.0, 0.1)
+    prec, const, _, _, _ = TR.level_tables(gm, [(0.8, 0.6)])
+    X = B.normal((2, ROWS), seed=1, dtype=torch.float64).numpy()
+    Z, SC = X.copy(), X.copy()
+    LG, lanes, words = np.empty((9, ROWS)), np.empty((4, ROWS)), np.empty((4, ROWS))
+    args = (X, Z, SC, LG, lanes, lanes[3].view(np.int64), words[:2], words[2:], np.empty((2, ROWS), np.int64),
+            np.empty((3, 2)), gm.means.numpy(), prec, const)
+    lines = ["| part of a step (one thread) | ns per sample |", "|---|---:|"]
+    for what, name in enumerate(("mixture score (9 components, 2-D)", "Philox normals (2)", "Euler / Langevin update",
+                                 "corrector's two norm sums")):
+        sec = _time(lambda w=what: parts(w, n_blocks, *args), repeat, clock=time.thread_time)
+        lines.append(f"| {name} | {sec / n_blocks / ROWS * 1e9:.1f} |")
+    return lines
+
+
 def machine() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -723,6 +770,9 @@ def main(argv=None):
     p.add_argument("--first-call", action="store_true", help="only the first-call breakdown of a fresh process")
     p.add_argument("--only", default="", metavar="NAME",
                    help="with --trajectories: only the samplers whose name contains NAME (e.g. DPM)")
+    p.add_argument("--thread-cpu", action="store_true",
+                   help="with --trajectories: time both paths in thread CPU time (run with one thread) and print "
+                        "where a fused step's time goes")
     a = p.parse_args(argv)
     if a.repeat is not None and a.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -750,8 +800,11 @@ def main(argv=None):
             B._cuda_kernels()  # a clear RuntimeError without numba-cuda or a GPU
             print(trajectory_rows_cuda(a.trajectories, repeat, a.only)[-1], flush=True)
         elif a.trajectories:
-            lines = trajectory_rows(a.trajectories, repeat, a.only)
+            lines = trajectory_rows(a.trajectories, repeat, a.only,
+                                    time.thread_time if a.thread_cpu else time.perf_counter)
             print(lines[-1], flush=True)
+            if a.thread_cpu:
+                print("\n" + "\n".join(trajectory_part_rows(repeat)), flush=True)
         return
     if a.device == "cuda":
         B._cuda_kernels()  # a clear RuntimeError without numba-cuda or a GPU

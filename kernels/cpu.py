@@ -402,9 +402,9 @@ def ftcs2d(u, r, bc, out):
 # blocks of ROWS samples, each block with its own transposed (d, ROWS) scratch, the loops over the block's
 # samples vectorised (the score, a libm-free exp, the update); any d, any K.
 _t = compile_trajectory_functions(njit, _f, vector_exp=True, box_muller_angle=box_muller_angle, philox=philox_words,
-                                  noise_jit=njit(error_model="numpy"))
+                                  noise_jit=njit(error_model="numpy"), score_jit=njit(fastmath={"contract"}))
 _eps_rows, _score_rows = _t["eps_rows"], _t["score_rows"]
-_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum"]
+_score_and_noise, _euler_block, _norm_sum = _t["score_and_noise"], _t["euler_block"], _t["norm_sum_rows"]
 _load_block, _store_block = _t["load_block"], _t["store_block"]
 _corrector_step_size, _langevin_coefficients = _t["langevin_corrector_step_size"], _t["langevin_coefficients"]
 
@@ -470,9 +470,12 @@ def pc_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx,
                     k1, out):
     """Predictor-corrector (Song et al. 2021a, Alg. 2/3) on the exact mixture score, every trajectory at once:
     step ``i`` runs the predictor ``x <- cx x + cs score + cz z`` at level ``lev[i]`` (noise counter ``i (1 +
-    n_corrector)``), then ``n_corrector`` Langevin correctors at level ``lev2[i]`` (counter ``+ j``), each in
-    three phases -- score, noise and per-block norm sums (``prange`` over blocks); the batch means and the step
-    :func:`~minidiff.kernels.trajectories.langevin_corrector_step_size` (``alpha_c[i]``) on one thread; the update."""
+    n_corrector)``), then ``n_corrector`` Langevin correctors at level ``lev2[i]`` (counter ``+ j``). One ``prange``
+    pass over the blocks per corrector: the previous corrector's update, the predictor when one comes next, then the
+    corrector's score, noise and per-block norm sums; between passes the batch means and the step
+    :func:`~minidiff.kernels.trajectories.langevin_corrector_step_size` (``alpha_c[i]``) on one thread. The
+    arithmetic is the phase-by-phase order's (load, predictor, score, norms, update), one region a step instead of
+    two and one walk over the block state instead of two."""
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev)
     _check_gm(x, out, means, prec, const, alpha_t, sigma_t, lev2)
     B, d = x.shape
@@ -486,33 +489,50 @@ def pc_trajectories(x, means, prec, const, iso, lev, lev2, alpha_t, sigma_t, cx,
     vec = np.empty((nb, 3, d))
     part = np.zeros((nb, 2))
     per = 1 + n_corrector
-    for task in prange(nb):
-        _load_block(x, task * ROWS, min(ROWS, B - task * ROWS), blk[task, 0])
-    for i in range(lev.shape[0]):
-        for j in range(per):
-            L = lev[i] if j == 0 else lev2[i]
-            for task in prange(nb):
-                b0 = task * ROWS
-                R = min(ROWS, B - b0)
-                X, Z, SC = blk[task, 0], blk[task, 1], blk[task, 2]
-                v = vec[task]
-                _score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, True, False, prec, alpha_t, i * per + j,
-                                 k0, k1, b0, Z, SC, LG[task], lanes[task], lanes[task, 3].view(np.int64),
-                                 words[task, :2], words[task, 2:], quad[task], v[0], v[1], v[2])
+    total = lev.shape[0] * per  # evaluations g = i per + j: the predictor (j = 0), then the correctors
+    g0 = 0
+    c0 = c1 = c2 = 0.0
+    pending = False  # a corrector update waits for its batch means (c0, c1, c2)
+    while g0 < total:
+        g1 = g0  # one pass: the pending update, then up to and including the next corrector's score and norms
+        while g1 < total - 1 and g1 % per == 0:
+            g1 += 1
+        for task in prange(nb):
+            b0 = task * ROWS
+            R = min(ROWS, B - b0)
+            X, Z, SC = blk[task, 0], blk[task, 1], blk[task, 2]
+            v = vec[task]
+            if g0 == 0:
+                _load_block(x, b0, R, X)
+            if pending:
+                _euler_block(X, X, R, SC, Z, c0, c1, c2, True)
+            for g in range(g0, g1 + 1):
+                i = g // per
+                j = g - i * per
+                L = lev[i] if j == 0 else lev2[i]
+                _score_and_noise(X, R, alpha_t[L], L, means, prec, const, iso, True, False, prec, alpha_t, g, k0, k1,
+                                 b0, Z, SC, LG[task], lanes[task], lanes[task, 3].view(np.int64), words[task, :2],
+                                 words[task, 2:], quad[task], v[0], v[1], v[2])
                 if j == 0:
                     _euler_block(X, X, R, SC, Z, cx[i], cs[i], cz[i], True)
                 else:
-                    part[task, 0] = _norm_sum(Z, R)
-                    part[task, 1] = _norm_sum(SC, R)
-            if j > 0:
-                zs = 0.0
-                ss = 0.0
-                for task in range(nb):
-                    zs += part[task, 0]
-                    ss += part[task, 1]
-                c0, c1, c2 = _langevin_coefficients(_corrector_step_size(zs / B, ss / B, snr, alpha_c[i]))
-                for task in prange(nb):
-                    X = blk[task, 0]
-                    _euler_block(X, X, min(ROWS, B - task * ROWS), blk[task, 2], blk[task, 1], c0, c1, c2, True)
+                    part[task, 0] = _norm_sum(Z, R, lanes[task, 0])
+                    part[task, 1] = _norm_sum(SC, R, lanes[task, 0])
+        pending = g1 % per != 0
+        if pending:
+            zs = 0.0
+            ss = 0.0
+            for task in range(nb):
+                zs += part[task, 0]
+                ss += part[task, 1]
+            c0, c1, c2 = _langevin_coefficients(_corrector_step_size(zs / B, ss / B, snr, alpha_c[g1 // per]))
+        g0 = g1 + 1
     for task in prange(nb):
-        _store_block(blk[task, 0], task * ROWS, min(ROWS, B - task * ROWS), out)
+        b0 = task * ROWS
+        R = min(ROWS, B - b0)
+        X = blk[task, 0]
+        if total == 0:
+            _load_block(x, b0, R, X)
+        if pending:
+            _euler_block(X, X, R, blk[task, 2], blk[task, 1], c0, c1, c2, True)
+        _store_block(X, b0, R, out)

@@ -359,6 +359,24 @@ def norm_sum(V, R):
     return tot
 
 
+def norm_sum_rows(V, R, q):
+    """:func:`norm_sum` with the lanes' norms first computed into the lane scratch ``q`` (the square roots
+    vectorise across lanes; the scalar loop's square root of each lane waited on the serial sum), then summed in
+    the same order: bitwise :func:`norm_sum`."""
+    for r in range(R):
+        q[r] = 0.0
+    for j in range(V.shape[0]):
+        vj = V[j]
+        for r in range(R):
+            q[r] += vj[r] * vj[r]
+    for r in range(R):
+        q[r] = math.sqrt(q[r])
+    tot = 0.0
+    for r in range(R):
+        tot += q[r]
+    return tot
+
+
 def langevin_corrector_step_size(z_norm, score_norm, snr, alpha):
     """The Langevin corrector's step of predictor-corrector sampling (Song et al. 2021a, Alg. 2 line 8,
     Alg. 3 line 7; norms per sample averaged over the batch, as in the authors' code):
@@ -404,12 +422,12 @@ def score_rows(x_in, b0, R, out, means, prec, const, iso, two_pass, field, wacc,
 
 
 TRAJECTORY_FUNCTIONS = ("gm_score", "gm_score_rows", "score_block", "noise_block", "score_and_noise", "load_block",
-                        "store_block", "eps_rows", "euler_block", "norm_sum", "langevin_corrector_step_size",
-                        "score_rows")
+                        "store_block", "eps_rows", "euler_block", "norm_sum", "norm_sum_rows",
+                        "langevin_corrector_step_size", "score_rows")
 
 
 def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, box_muller_angle=None, philox=None,
-                                 noise_jit=None) -> dict:
+                                 noise_jit=None, score_jit=None) -> dict:
     """Compile the functions above with ``jit``, calling the already compiled ``device_functions``
     of :func:`minidiff.kernels.formulas.compile_device_functions` (same construction: injected
     globals and the original ``__qualname__``, so numba's on-disk cache of the callers keeps working).
@@ -417,7 +435,10 @@ def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, 
     ``box_muller_angle``: a variant of that device function to use in :func:`noise_block` (the CPU's
     inlined one, which LLVM vectorises); ``philox``: likewise a variant of ``philox4x32_10`` (the CPU's inlined
     one: the ten rounds vectorised across the lanes); ``noise_jit``: the decorator for :func:`noise_block`
-    (the CPU's numpy error model, without which the division checks keep Box-Muller scalar)."""
+    (the CPU's numpy error model, without which the division checks keep Box-Muller scalar); ``score_jit``: the
+    decorator for the isotropic two-pass score and its exp (:func:`gm_score_rows`, ``exp_rows``; the CPU's
+    contraction of ``a * b + c`` into fused multiply-adds, which the one-pass :func:`gm_score` shared with CUDA and
+    the updates do not get, so those stay bitwise the simulator's)."""
     ns = dict(globals())
     ns.update(device_functions)
     if box_muller_angle is not None:
@@ -432,7 +453,12 @@ def compile_trajectory_functions(jit, device_functions: dict, vector_exp: bool, 
     for name, f in names:
         g = types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
         g.__qualname__, g.__doc__, g.__module__ = f.__qualname__, f.__doc__, f.__module__
-        out[name] = ns[name] = (noise_jit if name == "noise_block" and noise_jit is not None else jit)(g)
+        deco = jit
+        if name == "noise_block" and noise_jit is not None:
+            deco = noise_jit
+        elif name in ("exp_rows", "gm_score_rows") and score_jit is not None:
+            deco = score_jit
+        out[name] = ns[name] = deco(g)
     return out
 
 
