@@ -50,10 +50,13 @@ Two trajectory shapes cover the samplers (coefficients per step from the host, e
   Heun, and the explicit midpoint method as a "Heun" correction evaluated at the half step).
 
 Predictor-corrector (Song et al. 2021a, Alg. 2/3) does not fit a per-sample kernel: its Langevin corrector's
-step uses the batch means of ``||z||`` and ``||score||`` (:func:`langevin_corrector_step_size`), so the CPU
-driver (``kernels/cpu.py``, ``pc_trajectories``) keeps every block's state and runs each step in phases -- the
-predictor (:func:`euler_block` on the reverse-diffusion coefficients), the corrector's score, noise and
-per-block norm sums (:func:`norm_sum`), the batch means on one thread, the Langevin update.
+step uses the batch means of ``||z||`` and ``||score||`` (:func:`langevin_corrector_step_size`), so both
+drivers keep every block's state and run each step in phases: the predictor (:func:`euler_block` on the
+reverse-diffusion coefficients), the corrector's score, noise and per-block norm sums, the batch means, the
+Langevin update. The CPU driver (``kernels/cpu.py``, ``pc_trajectories``) folds them into one parallel pass per
+corrector (the previous corrector's update, then the next predictor, score, noise and norm sums), with the batch
+means between passes; the CUDA driver (``kernels/cuda.py``, ``pc_trajectories``) launches each phase on one
+stream, the batch means in a one-block reduction, with no copy to the host.
 
 Noise for element ``j`` of sample ``b`` at noise counter ``step`` is ``normal4(k0, k1, j // 4, b,
 step)[j % 4]``: the numbers :func:`minidiff.backend.normal` draws, so a trajectory here sees exactly
@@ -88,7 +91,7 @@ def exp_rows_poly(w, tf, ti, R):
     """``w[:R] = exp(w[:R])`` for ``w <= 0`` (module notes); ``tf`` float64 scratch of length ``R``
     and ``ti`` the same memory viewed as int64 (the bit-level assembly of ``2^n``)."""
     for r in range(R):
-        v = max(w[r], -700.0)
+        v = -700.0 if -700.0 > w[r] else w[r]  # max(w[r], -700.0); the two-argument max fails numba's CUDA typing
         t = v * LOG2E + ROUND_MAGIC
         tf[r] = t
         n = t - ROUND_MAGIC
@@ -197,7 +200,7 @@ def gm_score_rows(X, R, a, L, means, prec, const, field, wacc, mu_c, LG, mx, tot
         for r in range(R):
             v = c - hp * w[r]
             lk[r] = v
-            mx[r] = max(mx[r], v)
+            mx[r] = v if v > mx[r] else mx[r]  # max(mx[r], v), as Python's max orders it
     for r in range(R):
         tot[r] = 0.0
     for j in range(d):
@@ -383,7 +386,8 @@ def langevin_corrector_step_size(z_norm, score_norm, snr, alpha):
     ``e = 2 alpha (snr ||z|| / ||score||)^2``, returned as ``2 e``, the ``step_size`` of ``x + step/2 score +
     sqrt(step) z`` (:func:`minidiff.kernels.formulas.langevin_coefficients`). ``z_norm``, ``score_norm``:
     the batch means of the norms (``score_norm`` floored at 1e-30)."""
-    e = 2.0 * alpha * (snr * z_norm / max(score_norm, 1e-30)) ** 2
+    floored = 1e-30 if 1e-30 > score_norm else score_norm  # max(score_norm, 1e-30), written for CUDA too
+    e = 2.0 * alpha * (snr * z_norm / floored) ** 2
     return 2.0 * e
 
 

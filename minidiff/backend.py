@@ -692,12 +692,12 @@ def pf_ode_heun_step(x, score, x_euler, score_euler, *, drift_coef: float, diffu
 
 # ============================================================================ exact-score trajectories
 def gm_trajectories(kernel: str, x: torch.Tensor, tables: list, seed: int | None = None) -> torch.Tensor:
-    """Run the whole-trajectory kernel ``kernel`` (``"eps_trajectories"`` or ``"score_trajectories"``,
-    see ``kernels/trajectories.py``) on ``x`` ``(B, d)`` with the host ``tables`` that
+    """Run the whole-trajectory kernel ``kernel`` (``"eps_trajectories"``, ``"score_trajectories"`` or
+    ``"pc_trajectories"``, see ``kernels/trajectories.py``) on ``x`` ``(B, d)`` with the host ``tables`` that
     :mod:`minidiff.trajectories` builds (mixture means first); a fresh ``(B, d)`` result in ``x``'s dtype.
     Noise keyed by ``seed`` as everywhere here. Use :mod:`minidiff.trajectories`, which validates."""
     if kernel not in ("eps_trajectories", "score_trajectories", "pc_trajectories"):
-        raise ValueError(f"kernel must be 'eps_trajectories', 'score_trajectories' or 'pc_trajectories' (CPU), "
+        raise ValueError(f"kernel must be 'eps_trajectories', 'score_trajectories' or 'pc_trajectories', "
                          f"got {kernel!r}")
     x = _as_tensor(x, "x")
     out = _empty_like(x)
